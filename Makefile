@@ -1,0 +1,57 @@
+# `make demo` and `make test` set up .venv from nothing, then run.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+MIN_VENV ?= .venv-min
+MIN_STAMP := $(MIN_VENV)/.installed-stamp
+CONSTRAINTS := requirements/constraints.txt
+BACKENDS ?= jax tensorflow torch numpy
+PYTEST := $(PY) -m pytest -p no:cacheprovider -q
+
+.PHONY: setup demo test test-backends test-nnx test-minimal lint bench clean
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e ".[all]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(VENV)/bin/jaxlayer demo
+
+# One pytest process per Keras backend (Keras reads KERAS_BACKEND once),
+# then Keras's NNX mode, then an environment with only keras + jax.
+test: setup lint test-backends test-nnx test-minimal
+
+test-backends: setup
+	@set -e; for backend in $(BACKENDS); do \
+	  echo "=== pytest, KERAS_BACKEND=$$backend ==="; \
+	  KERAS_BACKEND=$$backend $(PYTEST) tests; \
+	done
+	KERAS_BACKEND=jax $(PYTEST) --doctest-modules src/jaxlayer
+
+test-nnx: setup
+	@echo "=== pytest, KERAS_BACKEND=jax KERAS_NNX_ENABLED=true ==="
+	KERAS_BACKEND=jax KERAS_NNX_ENABLED=true $(PYTEST) tests -m nnx_mode
+
+$(MIN_STAMP): pyproject.toml $(CONSTRAINTS)
+	test -x $(MIN_VENV)/bin/python || $(PYTHON) -m venv $(MIN_VENV)
+	$(MIN_VENV)/bin/python -m pip install -q --upgrade pip
+	$(MIN_VENV)/bin/python -m pip install -q -c $(CONSTRAINTS) -e . pytest
+	touch $(MIN_STAMP)
+
+test-minimal: $(MIN_STAMP)
+	@echo "=== pytest in $(MIN_VENV): only keras + jax installed ==="
+	KERAS_BACKEND=jax $(MIN_VENV)/bin/python -m pytest -p no:cacheprovider -q tests/minimal_env
+
+lint: setup
+	$(VENV)/bin/ruff check src tests
+
+bench: setup
+	$(VENV)/bin/jaxlayer bench
+
+clean:
+	rm -rf $(VENV) $(MIN_VENV) .pytest_cache

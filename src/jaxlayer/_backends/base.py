@@ -1,0 +1,50 @@
+"""The interface every backend bridge implements.
+
+A bridge moves values between the active Keras backend and JAX and runs a
+`Program` (the model as a pure JAX function) on backend tensors, so that
+Keras's autodiff on that backend sees gradients for the parameters and the
+inputs. The layer calls only these methods; it never looks at the backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, ContextManager, Sequence
+
+import jax
+import numpy as np
+
+
+class Bridge:
+    """Base class: the methods a backend bridge provides."""
+
+    #: The Keras backend name this bridge serves.
+    name: str = ""
+
+    def to_jax(self, value: Any) -> jax.Array:
+        """Eagerly converts one backend tensor or NumPy array to a JAX array."""
+        return jax.numpy.asarray(np.asarray(value))
+
+    def from_jax(self, array: Any) -> Any:
+        """Converts a JAX array to a value `add_weight(initializer=...)` accepts."""
+        return np.asarray(array)
+
+    def seed_to_key(self, seed: Any) -> jax.Array:
+        """A Keras seed tensor (shape [2]) as a raw uint32 JAX PRNG key, eagerly."""
+        return jax.numpy.asarray(np.asarray(seed).astype(np.uint32))
+
+    def build_context(self, inputs: Any, layer_name: str) -> ContextManager:
+        """A context in which `init_fn` may run now; raises where it cannot."""
+        return contextlib.nullcontext()
+
+    def run(
+        self,
+        program: Any,
+        params: Sequence[Any],
+        state: Sequence[Any],
+        rng: Any,
+        inputs: Any,
+        training: bool,
+    ) -> tuple[Any, list]:
+        """Runs `program` on backend values; returns `(outputs, new_state)`."""
+        raise NotImplementedError(f"{type(self).__name__}.run")

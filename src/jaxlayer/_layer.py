@@ -1,0 +1,554 @@
+"""`JaxLayer`: a Keras layer holding a JAX model's PyTrees as Keras variables.
+
+This module binds the model into Keras (build, call, symbolic shapes, config);
+it never looks at the active backend. Argument binding lives in
+`_signature`, PyTree <-> variable bookkeeping in `_variables`, the pure
+function in `_program`, and everything backend-specific in `_backends`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import keras
+import numpy as np
+
+from ._backends import get_bridge
+from ._program import AbstractInput, Program, placeholders
+from ._saving import (
+    UnencodableTree,
+    decode_tree,
+    deserialize_function,
+    encode_tree,
+    serialize_function,
+)
+from ._signature import CALL_FN_ARGUMENTS, INIT_FN_ARGUMENTS, FunctionSignature, describe
+from ._variables import TreeLayout, check_leaf, is_array_leaf, unique_names
+
+
+def _is_float(dtype: Any) -> bool:
+    return np.issubdtype(np.dtype(dtype), np.floating) or str(dtype) == "bfloat16"
+
+
+def _canonical_dtype(dtype: Any) -> np.dtype:
+    return np.dtype(jax.dtypes.canonicalize_dtype(np.dtype(keras.backend.standardize_dtype(dtype))))
+
+
+def _looks_like_params_and_state(result: Any) -> bool:
+    # `(params, state)` as Haiku/Flax return them: a pair of containers.
+    return (
+        isinstance(result, tuple)
+        and len(result) == 2
+        and all(isinstance(part, (dict, list)) or part is None for part in result)
+        and not any(is_array_leaf(part) for part in result)
+    )
+
+
+@keras.saving.register_keras_serializable(package="jaxlayer")
+class JaxLayer(keras.layers.Layer):
+    """A Keras layer that wraps a JAX model given as pure functions.
+
+    The model is `call_fn(params, state, rng, inputs, training)`; arguments
+    are bound by exact name, in any order, and all but `inputs` are optional.
+    `params` (trainable) and `state` (non-trainable) are PyTrees; their array
+    leaves become Keras variables named after their PyTree paths, so the model
+    trains with `fit`, saves and loads like any Keras layer.
+
+    Args:
+        call_fn: the model's forward function. It may take only `params`,
+            `state`, `rng`, `inputs` and `training`. With a `state` argument it
+            returns `(outputs, new_state)`, otherwise the outputs alone.
+        init_fn: optional `init_fn(rng, inputs, training)` (only `inputs`
+            required) returning `params`, or `(params, state)` when `call_fn`
+            takes `state`. Called at build time with placeholder inputs of the
+            input's shapes and dtypes (unknown dimensions set to 1) unless
+            `params` or `state` is given.
+        params: optional initial trainable parameters (a PyTree).
+        state: optional initial non-trainable state (a PyTree).
+        seed: optional int seeding the Keras `SeedGenerator` that produces a
+            fresh `rng` key on every training call.
+        native_serialization_platforms: accepted for compatibility with
+            `keras.layers.JaxLayer`; the TensorFlow backend honours it.
+        **kwargs: the usual Keras layer arguments (`name`, `dtype`,
+            `trainable`, ...).
+
+    Call arguments:
+        inputs: an array or a PyTree of arrays, handed to `call_fn` as `inputs`.
+        training: Python bool; handed to `call_fn` as `training`, and selects
+            whether a fresh `rng` key is drawn (`None` is passed in inference).
+
+    Example:
+
+    >>> import jax, jax.numpy as jnp, numpy as np
+    >>> from jaxlayer import JaxLayer
+    >>> def init_fn(rng, inputs):
+    ...     return {"dense": {"kernel": jax.random.normal(rng, (inputs.shape[-1], 3)),
+    ...                       "bias": jnp.zeros(3)}}
+    >>> def call_fn(params, inputs):
+    ...     return inputs @ params["dense"]["kernel"] + params["dense"]["bias"]
+    >>> layer = JaxLayer(call_fn, init_fn)
+    >>> layer(np.ones((2, 4), "float32")).shape
+    (2, 3)
+    >>> sorted(v.name for v in layer.trainable_variables)
+    ['dense.bias', 'dense.kernel']
+    """
+
+    def __init__(
+        self,
+        call_fn: Callable,
+        init_fn: Callable | None = None,
+        params: Any = None,
+        state: Any = None,
+        seed: int | None = None,
+        native_serialization_platforms: Any = None,
+        **kwargs: Any,
+    ):
+        params_spec = kwargs.pop("params_spec", None)
+        state_spec = kwargs.pop("state_spec", None)
+        signature = FunctionSignature(call_fn, "call_fn", CALL_FN_ARGUMENTS)
+        init_signature = None
+        if init_fn is not None:
+            init_signature = FunctionSignature(init_fn, "init_fn", INIT_FN_ARGUMENTS)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+            raise TypeError(
+                f"`seed` must be an int or None (it seeds the Keras SeedGenerator "
+                f"that draws the `rng` keys). Received: seed={seed!r} of type "
+                f"{type(seed).__name__}"
+            )
+        takes_variables = signature.takes("params") or signature.takes("state")
+        if params_spec is not None or state_spec is not None:
+            params, state = decode_tree(params_spec), decode_tree(state_spec)
+        if init_fn is None and params is None and state is None and takes_variables:
+            raise ValueError(
+                f"`call_fn` ({describe(call_fn)}) takes "
+                f"{'`params`' if signature.takes('params') else '`state`'}, but "
+                f"`init_fn`, `params` and `state` are all None, so the layer has "
+                f"nothing to initialise them from. Pass `init_fn=` (called at "
+                f"build time) or the initial `params=` / `state=`."
+            )
+        for name, value in (("params", params), ("state", state)):
+            if value is not None and not signature.takes(name):
+                raise ValueError(
+                    f"`{name}` was given but `call_fn` ({describe(call_fn)}) has no "
+                    f"`{name}` argument, so it could never be used. Add a `{name}` "
+                    f"argument to `call_fn` or drop `{name}=`."
+                )
+        bridge = get_bridge()  # rejects unsupported backends at construction
+        super().__init__(**kwargs)
+        self.call_fn = call_fn
+        self.init_fn = init_fn
+        self.native_serialization_platforms = native_serialization_platforms
+        self._set_untracked("_bridge", bridge)
+        self._set_untracked("_signature", signature)
+        self._set_untracked("_init_signature", init_signature)
+        self._set_untracked("_seed", seed)
+        self._set_untracked("_needs_init", takes_variables and params is None and state is None)
+        self._set_untracked("_pending_input_dtypes", None)
+        self._set_untracked("_input_dtypes", None)
+        self._set_untracked("_abstract_seeds", False)
+        self._reset_variables()
+        self.seed_generator = keras.random.SeedGenerator(seed) if signature.takes("rng") else None
+        if params is not None or state is not None:
+            self._create_variables(params, state)
+            self._build_at_init()
+        elif not takes_variables:
+            # Nothing to initialise: `init_fn` is never needed.
+            self._build_at_init()
+
+    # ------------------------------------------------------------------ state
+
+    def _set_untracked(self, name: str, value: Any) -> None:
+        # Keras wraps lists/dicts assigned to layer attributes into tracked
+        # containers, which are different PyTrees; keep ours as they are.
+        object.__setattr__(self, name, value)
+
+    def _reset_variables(self) -> None:
+        self._set_untracked("_param_variables", [])
+        self._set_untracked("_state_variables", [])
+        self._set_untracked("_params_layout", TreeLayout(None, "params"))
+        self._set_untracked("_state_layout", TreeLayout(None, "state"))
+        self._set_untracked("_program", self._make_program())
+        self._set_untracked("_params_tree", None)
+        self._set_untracked("_state_tree", None)
+
+    def _make_program(self) -> Program:
+        return Program(
+            self._signature,
+            self._params_layout,
+            self._state_layout,
+            [v.shape for v in self._state_variables],
+            [_canonical_dtype(v.dtype) for v in self._state_variables],
+        )
+
+    def _create_variables(self, params: Any, state: Any) -> None:
+        """Creates one Keras variable per array leaf; all or nothing."""
+        params_layout = TreeLayout(params, "params")
+        state_layout = TreeLayout(state, "state")
+        names = unique_names(params_layout.names() + state_layout.names(), set())
+        param_names, state_names = names[: params_layout.num_arrays], names[params_layout.num_arrays :]
+        created: list = []
+        try:
+            param_variables = []
+            for name, leaf in zip(param_names, params_layout.array_leaves(params)):
+                float_leaf = _is_float(leaf.dtype)
+                variable = self.add_weight(
+                    shape=tuple(leaf.shape),
+                    # Float parameters follow the dtype policy; integer and
+                    # boolean leaves keep their dtype and cannot be trained.
+                    dtype=None if float_leaf else _canonical_dtype(leaf.dtype),
+                    initializer=self._initial_value(leaf),
+                    trainable=float_leaf,
+                    name=name,
+                )
+                created.append(variable)
+                param_variables.append(variable)
+            state_variables = []
+            for name, leaf in zip(state_names, state_layout.array_leaves(state)):
+                variable = self.add_weight(
+                    shape=tuple(leaf.shape),
+                    # State keeps its own dtype and is never autocast, like
+                    # BatchNormalization's moving statistics.
+                    dtype=_canonical_dtype(leaf.dtype),
+                    initializer=self._initial_value(leaf),
+                    trainable=False,
+                    autocast=False,
+                    name=name,
+                )
+                created.append(variable)
+                state_variables.append(variable)
+        except Exception:
+            for variable in created:
+                self._untrack_variable(variable)
+            raise
+        self._set_untracked("_params_layout", params_layout)
+        self._set_untracked("_state_layout", state_layout)
+        self._set_untracked("_param_variables", param_variables)
+        self._set_untracked("_state_variables", state_variables)
+        self._set_untracked("_params_tree", params_layout.rebuild(param_variables))
+        self._set_untracked("_state_tree", state_layout.rebuild(state_variables))
+        self._set_untracked("_program", self._make_program())
+
+    def _initial_value(self, leaf: Any) -> Any:
+        if isinstance(leaf, jax.Array):
+            return self._bridge.from_jax(leaf)
+        return leaf
+
+    # ------------------------------------------------------------------ build
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.built and self._needs_init:
+            inputs = args[0] if args else kwargs.get("inputs")
+            self._build_for_inputs(inputs)
+        return super().__call__(*args, **kwargs)
+
+    def _build_for_inputs(self, inputs: Any) -> None:
+        def shape_of(x):
+            return tuple(None if d is None else int(d) for d in x.shape)
+
+        def dtype_of(x):
+            return keras.backend.standardize_dtype(x.dtype)
+
+        inputs = jax.tree.map(lambda x: x if hasattr(x, "shape") else np.asarray(x), inputs)
+        shapes = jax.tree.map(shape_of, inputs)
+        dtypes = jax.tree.map(dtype_of, inputs)
+        with self._bridge.build_context(inputs, self.name):
+            self._set_untracked("_pending_input_dtypes", dtypes)
+            try:
+                self.build(_shape_tree_for_keras(shapes))
+            finally:
+                self._set_untracked("_pending_input_dtypes", None)
+
+    def build(self, input_shape: Any = None) -> None:
+        """Creates the variables by calling `init_fn` on placeholder inputs.
+
+        Called by Keras on the first call; called directly, float inputs are
+        assumed (the layer's compute dtype). Unknown dimensions become 1.
+        """
+        if not self._needs_init or self._param_variables or self._state_variables:
+            return
+        if self._init_signature is None:
+            raise ValueError(
+                f"JaxLayer `{self.name}` has no `init_fn` to build its variables. "
+                f"Pass `init_fn=` or the initial `params=`/`state=`."
+            )
+        shapes = _shape_tree_from_keras(input_shape)
+        dtypes = self._pending_input_dtypes
+        if dtypes is None:
+            dtypes = jax.tree.map(lambda _: self.compute_dtype, shapes, is_leaf=_is_shape)
+        abstract = jax.tree.map(
+            lambda shape, dtype: AbstractInput(shape, self._input_dtype_for(dtype)),
+            shapes,
+            dtypes,
+            is_leaf=_is_shape,
+        )
+        params, state = self._run_init_fn(placeholders(abstract))
+        self._create_variables(params, state)
+        self._set_untracked("_input_dtypes", jax.tree.map(lambda a: a.dtype.name, abstract, is_leaf=lambda x: isinstance(x, AbstractInput)))
+
+    def _input_dtype_for(self, dtype: Any) -> np.dtype:
+        # Keras casts float inputs to the compute dtype before `call`.
+        dtype = keras.backend.standardize_dtype(dtype)
+        if self.autocast and _is_float(dtype) and self._convert_input_args:
+            dtype = self.compute_dtype
+        return jax.numpy.dtype(dtype)
+
+    def _run_init_fn(self, inputs: Any) -> tuple[Any, Any]:
+        rng = jax.tree.map(self._bridge.seed_to_key, self._get_init_rng())
+        result = self._init_signature(rng=rng, inputs=inputs, training=True)
+        fn = describe(self.init_fn)
+        if self._signature.takes("state"):
+            if not isinstance(result, (tuple, list)) or len(result) != 2:
+                raise ValueError(
+                    f"`init_fn` ({fn}) must return `(params, state)` because "
+                    f"`call_fn` ({describe(self.call_fn)}) takes a `state` argument; "
+                    f"it returned a {type(result).__name__}. Return the initial "
+                    f"state too (use `hk.transform_with_state` for Haiku models), or "
+                    f"remove `state` from `call_fn`."
+                )
+            return result[0], result[1]
+        if _looks_like_params_and_state(result):
+            raise ValueError(
+                f"`init_fn` ({fn}) returned a pair of containers, which looks like "
+                f"`(params, state)`, but `call_fn` ({describe(self.call_fn)}) has "
+                f"no `state` argument. Add `state` to `call_fn` (returning "
+                f"`(outputs, new_state)`), or return the params alone."
+            )
+        return result, None
+
+    def _get_init_seed(self) -> Any:
+        from keras.src.random.seed_generator import draw_seed
+
+        # The global seed generator, as keras.layers.JaxLayer uses.
+        return draw_seed(None)
+
+    def _get_init_rng(self) -> Any:
+        """The seed (or PyTree of seeds) handed to `init_fn` as `rng`."""
+        return self._get_init_seed()
+
+    def _get_call_seed(self) -> Any:
+        if self._abstract_seeds:
+            return jax.ShapeDtypeStruct((2,), np.uint32)
+        return self.seed_generator.next()
+
+    def _get_call_rng(self, training: bool) -> Any:
+        """The seed (or PyTree of seeds) handed to `call_fn` as `rng`.
+
+        A fresh seed in training, None in inference (as keras.layers.JaxLayer).
+        """
+        return self._get_call_seed() if training else None
+
+    # ------------------------------------------------------------------- call
+
+    def call(self, inputs: Any, training: bool = False) -> Any:
+        training = bool(training)
+        rng = self._get_call_rng(training) if self.seed_generator is not None else None
+        outputs, new_state = self._bridge.run(
+            self._program,
+            [v.value for v in self._param_variables],
+            [v.value for v in self._state_variables],
+            rng,
+            inputs,
+            training,
+        )
+        for variable, value in zip(self._state_variables, new_state):
+            variable.assign(value)
+        return outputs
+
+    def compute_output_spec(self, inputs: Any, training: bool = False) -> Any:
+        training = bool(training)
+
+        def abstract(x):
+            return AbstractInput(x.shape, self._input_dtype_for(x.dtype))
+
+        def struct(variable):
+            dtype = _canonical_dtype(variable.dtype)
+            if variable._autocast and _is_float(dtype) and self.autocast:
+                dtype = jax.numpy.dtype(self.compute_dtype)
+            return jax.ShapeDtypeStruct(tuple(variable.shape), dtype)
+
+        rng = self._abstract_call_rng(training) if self.seed_generator is not None else None
+        outputs, _ = self._program.output_shapes(
+            [struct(v) for v in self._param_variables],
+            [struct(v) for v in self._state_variables],
+            rng,
+            jax.tree.map(abstract, inputs),
+            training,
+        )
+        return jax.tree.map(
+            lambda a: keras.KerasTensor(a.shape, dtype=a.dtype.name),
+            outputs,
+            is_leaf=lambda x: isinstance(x, AbstractInput),
+        )
+
+    def _abstract_call_rng(self, training: bool) -> Any:
+        # The structure `_get_call_rng` returns, with shape placeholders for
+        # the seeds, so that shape inference does not advance the generator.
+        self._set_untracked("_abstract_seeds", True)
+        try:
+            return self._get_call_rng(training)
+        finally:
+            self._set_untracked("_abstract_seeds", False)
+
+    # ------------------------------------------------------ params and state
+
+    @property
+    def params(self) -> Any:
+        """The `params` PyTree with Keras variables at its array leaves."""
+        return self._params_tree
+
+    @property
+    def state(self) -> Any:
+        """The `state` PyTree with Keras variables at its array leaves."""
+        return self._state_tree
+
+    def get_params(self) -> Any:
+        """The current `params` as a PyTree of JAX arrays.
+
+        Example:
+
+        >>> import jax.numpy as jnp
+        >>> from jaxlayer import JaxLayer
+        >>> layer = JaxLayer(lambda params, inputs: inputs * params["w"],
+        ...                  params={"w": jnp.float32(2.0)})
+        >>> layer.get_params()
+        {'w': Array(2., dtype=float32)}
+        """
+        return self._params_layout.rebuild([self._bridge.to_jax(v.value) for v in self._param_variables])
+
+    def get_state(self) -> Any:
+        """The current `state` as a PyTree of JAX arrays."""
+        return self._state_layout.rebuild([self._bridge.to_jax(v.value) for v in self._state_variables])
+
+    def set_params(self, params: Any) -> None:
+        """Loads `params` (same structure, shapes and dtypes) into the variables.
+
+        Nothing is changed unless every leaf passes the checks.
+        """
+        self._assign_tree(params, self._params_layout, self._param_variables, "set_params")
+
+    def set_state(self, state: Any) -> None:
+        """Loads `state` (same structure, shapes and dtypes) into the variables.
+
+        Nothing is changed unless every leaf passes the checks.
+        """
+        self._assign_tree(state, self._state_layout, self._state_variables, "set_state")
+
+    def _assign_tree(self, tree: Any, layout: TreeLayout, variables: list, method: str) -> None:
+        if not self.built:
+            raise ValueError(
+                f"`{method}` was called on JaxLayer `{self.name}` before it was "
+                f"built. Call the layer once (or `layer.build(input_shape)`) first."
+            )
+        fix = (
+            f"Pass a tree shaped like `layer.get_{layout.root}()`. Nothing was changed."
+        )
+        what = f"`{method}` received a tree that"
+        arrays = layout.match(tree, f"The tree passed to `{method}`", fix)
+        for path, leaf, variable in zip(layout.array_paths, arrays, variables):
+            if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
+                leaf_type = type(leaf).__name__
+                raise ValueError(
+                    f"{what} has a {leaf_type} at `{layout.root}"
+                    f"{jax.tree_util.keystr(tuple(path))}`, expected an array. {fix}"
+                )
+            check_leaf(
+                path,
+                layout.root,
+                leaf.shape,
+                keras.backend.standardize_dtype(leaf.dtype),
+                variable.shape,
+                keras.backend.standardize_dtype(variable.dtype),
+                f"The tree passed to `{method}`",
+                fix,
+            )
+        for leaf, variable in zip(arrays, variables):
+            variable.assign(leaf)
+
+    # ----------------------------------------------------------------- config
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            {
+                "call_fn": serialize_function(self.call_fn, "call_fn", self.name),
+                "init_fn": serialize_function(self.init_fn, "init_fn", self.name),
+                "seed": self._seed,
+                "native_serialization_platforms": self.native_serialization_platforms,
+            }
+        )
+        config.update(self._variables_spec())
+        return config
+
+    def _variables_spec(self) -> dict:
+        """The layout of params/state, so loading needs no `init_fn` call."""
+        if not (self._param_variables or self._state_variables):
+            return {}
+        try:
+            return {
+                "params_spec": encode_tree(
+                    self._params_tree, [v.dtype for v in self._param_variables]
+                ),
+                "state_spec": encode_tree(
+                    self._state_tree, [v.dtype for v in self._state_variables]
+                ),
+            }
+        except UnencodableTree as error:
+            if self.init_fn is None:
+                raise ValueError(
+                    f"Cannot save JaxLayer `{self.name}`: its params/state hold "
+                    f"{error}, which the config cannot describe, and there is no "
+                    f"`init_fn` to rebuild them at load time. Use dicts, lists and "
+                    f"tuples, pass a registered `init_fn`, or use `save_weights`."
+                ) from None
+            return {}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "JaxLayer":
+        config = dict(config)
+        config["call_fn"] = deserialize_function(config["call_fn"])
+        config["init_fn"] = deserialize_function(config.get("init_fn"))
+        return cls(**config)
+
+    def get_build_config(self) -> dict | None:
+        build_config = super().get_build_config()
+        if build_config is not None and self._input_dtypes is not None:
+            build_config = dict(build_config, input_dtype=self._input_dtypes)
+        return build_config
+
+    def build_from_config(self, config: dict) -> None:
+        if self.built or not config:
+            return
+        self._set_untracked("_pending_input_dtypes", config.get("input_dtype"))
+        try:
+            super().build_from_config(config)
+        finally:
+            self._set_untracked("_pending_input_dtypes", None)
+
+
+def _is_shape(x: Any) -> bool:
+    return isinstance(x, tuple) and all(d is None or isinstance(d, int) for d in x)
+
+
+def _shape_tree_for_keras(shapes: Any) -> Any:
+    return shapes
+
+
+def _shape_tree_from_keras(input_shape: Any) -> Any:
+    """Normalises Keras's shape structures (lists of ints, TrackedList...) to tuples."""
+    if input_shape is None:
+        raise ValueError("JaxLayer.build needs an input shape.")
+    if _is_shape_like(input_shape):
+        return tuple(None if d is None else int(d) for d in input_shape)
+    if isinstance(input_shape, dict):
+        return {k: _shape_tree_from_keras(v) for k, v in input_shape.items()}
+    if isinstance(input_shape, (list, tuple)):
+        converted = [_shape_tree_from_keras(v) for v in input_shape]
+        if hasattr(input_shape, "_fields"):
+            return type(input_shape)(*converted)
+        return type(input_shape)(converted) if isinstance(input_shape, tuple) else converted
+    raise ValueError(f"Cannot read an input shape from {input_shape!r}.")
+
+
+def _is_shape_like(x: Any) -> bool:
+    return isinstance(x, (list, tuple)) and all(d is None or isinstance(d, (int, np.integer)) for d in x)

@@ -1,0 +1,198 @@
+"""The model as one pure JAX function over flat lists of arrays.
+
+`Program` binds `call_fn`'s arguments by name, rebuilds the `params` / `state`
+PyTrees from flat leaf lists, checks what a stateful `call_fn` returns, and
+keeps one `jax.jit` per training flag. Every backend bridge runs this same
+function; only how its inputs and outputs cross into JAX differs.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._signature import FunctionSignature, describe
+from ._variables import TreeLayout, check_leaf, describe_path
+
+
+class Program:
+    """`call_fn` as `fn(params, state, rng, inputs, training) -> (outputs, new_state)`.
+
+    `params` and `state` are flat lists of arrays in the order of the layouts'
+    array leaves; `new_state` is returned the same way (empty when `call_fn`
+    takes no `state`).
+    """
+
+    def __init__(
+        self,
+        signature: FunctionSignature,
+        params_layout: TreeLayout,
+        state_layout: TreeLayout,
+        state_shapes: Sequence[tuple],
+        state_dtypes: Sequence[Any],
+    ):
+        self.signature = signature
+        self.params_layout = params_layout
+        self.state_layout = state_layout
+        self.state_shapes = [tuple(s) for s in state_shapes]
+        self.state_dtypes = [np.dtype(d) for d in state_dtypes]
+        self.trace_count = 0  # how many times JAX traced the function (tests use it)
+        self._jitted: dict[bool, Callable] = {}
+
+    def __call__(self, params: Sequence, state: Sequence, rng: Any, inputs: Any, training: bool):
+        self.trace_count += 1
+        values = {
+            "params": self.params_layout.rebuild(params),
+            "state": self.state_layout.rebuild(state),
+            "rng": rng,
+            "inputs": inputs,
+            "training": training,
+        }
+        result = self.signature(**values)
+        if not self.signature.takes("state"):
+            return result, []
+        return self._split_stateful_result(result)
+
+    def _split_stateful_result(self, result: Any):
+        fn = describe(self.signature.fn)
+        if not isinstance(result, (tuple, list)) or len(result) != 2:
+            kind = f"a {type(result).__name__}" + (f" of length {len(result)}" if isinstance(result, (tuple, list)) else "")
+            raise ValueError(
+                f"`call_fn` ({fn}) takes a `state` argument, so it must return a "
+                f"tuple `(outputs, new_state)`; it returned {kind}. Return the "
+                f"new state as the second element (return the `state` it received "
+                f"if nothing changed), or remove the `state` argument."
+            )
+        outputs, new_state = result
+        fix = (
+            f"`call_fn` ({fn}) must return a new state with the same structure, "
+            f"shapes and dtypes as the initial state (cast with `.astype(...)` "
+            f"where needed)."
+        )
+        arrays = self.state_layout.match(new_state, "The new state returned by `call_fn`", fix)
+        for path, leaf, shape, dtype in zip(self.state_layout.array_paths, arrays, self.state_shapes, self.state_dtypes):
+            leaf_dtype = getattr(leaf, "dtype", None)
+            if leaf_dtype is None or not hasattr(leaf, "shape"):
+                raise ValueError(
+                    f"The new state returned by `call_fn`: the leaf "
+                    f"`state{describe_path(path)}` is {leaf!r}, not an array. {fix}"
+                )
+            check_leaf(path, "state", leaf.shape, leaf_dtype, shape, dtype, "The new state returned by `call_fn`", fix)
+        return outputs, arrays
+
+    def jitted(self, training: bool) -> Callable:
+        """The compiled function for one training flag, created once."""
+        fn = self._jitted.get(training)
+        if fn is None:
+            fn = jax.jit(functools.partial(self, training=training))
+            self._jitted[training] = fn
+        return fn
+
+    def output_shapes(self, params, state, rng, inputs, training: bool):
+        """Output and new-state shapes for abstract inputs whose unknown dims are None.
+
+        Unknown dimensions are first tried as symbolic dimensions (so any
+        output dimension that depends on them comes back as None); when the
+        model cannot be traced symbolically (Python branching on a shape),
+        two concrete sizes are tried and dimensions that differ become None.
+        """
+        fn = functools.partial(self, training=training)
+        try:
+            symbolic_inputs = _with_symbolic_dims(inputs)
+            out = jax.eval_shape(fn, params, state, rng, symbolic_inputs)
+            return jax.tree.map(_symbolic_to_none, out)
+        except Exception as symbolic_error:  # noqa: BLE001 - fall back below
+            if not _has_unknown_dims(inputs):
+                raise
+            try:
+                out_a = jax.eval_shape(fn, params, state, rng, _with_concrete_dims(inputs, 2))
+                out_b = jax.eval_shape(fn, params, state, rng, _with_concrete_dims(inputs, 3))
+            except Exception:
+                raise symbolic_error from None
+            return jax.tree.map(_merge_dims, out_a, out_b)
+
+
+class AbstractInput:
+    """A shape with None for unknown dimensions, and a dtype; a JAX PyTree leaf."""
+
+    def __init__(self, shape: Sequence, dtype: Any):
+        self.shape = tuple(None if d is None else int(d) for d in shape)
+        self.dtype = np.dtype(dtype)
+
+    def __repr__(self) -> str:
+        return f"AbstractInput({self.shape}, {self.dtype.name})"
+
+
+def _is_abstract(x: Any) -> bool:
+    return isinstance(x, AbstractInput)
+
+
+def _has_unknown_dims(inputs: Any) -> bool:
+    leaves = jax.tree.leaves(inputs, is_leaf=_is_abstract)
+    return any(d is None for leaf in leaves if _is_abstract(leaf) for d in leaf.shape)
+
+
+def _with_symbolic_dims(inputs: Any) -> Any:
+    # The leading unknown dimension is the batch, shared by all inputs;
+    # other unknown dimensions get their own symbols.
+    names = itertools.count()
+    leaves, treedef = jax.tree.flatten(inputs, is_leaf=_is_abstract)
+    specs = []
+    for leaf in leaves:
+        if not _is_abstract(leaf):
+            specs.append(leaf)
+            continue
+        dims = []
+        for axis, dim in enumerate(leaf.shape):
+            if dim is not None:
+                dims.append(str(dim))
+            elif axis == 0:
+                dims.append("batch")
+            else:
+                dims.append(f"d{next(names)}")
+        specs.append(dims)
+    text_dims = [", ".join(d) for d in specs if isinstance(d, list)]
+    scope = jax.export.SymbolicScope()
+    shapes = iter(jax.export.symbolic_shape(t, scope=scope) if t else () for t in text_dims)
+    out = []
+    for leaf, spec in zip(leaves, specs):
+        if _is_abstract(leaf):
+            out.append(jax.ShapeDtypeStruct(next(shapes), leaf.dtype))
+        else:
+            out.append(spec)
+    return jax.tree.unflatten(treedef, out)
+
+
+def _with_concrete_dims(inputs: Any, size: int) -> Any:
+    def concrete(leaf):
+        if not _is_abstract(leaf):
+            return leaf
+        return jax.ShapeDtypeStruct(tuple(size if d is None else d for d in leaf.shape), leaf.dtype)
+
+    return jax.tree.map(concrete, inputs, is_leaf=_is_abstract)
+
+
+def _symbolic_to_none(leaf: jax.ShapeDtypeStruct) -> jax.ShapeDtypeStruct | AbstractInput:
+    shape = tuple(d if isinstance(d, int) else None for d in leaf.shape)
+    return AbstractInput(shape, leaf.dtype)
+
+
+def _merge_dims(a: jax.ShapeDtypeStruct, b: jax.ShapeDtypeStruct) -> AbstractInput:
+    shape = tuple(x if x == y else None for x, y in zip(a.shape, b.shape))
+    return AbstractInput(shape, a.dtype)
+
+
+def placeholders(inputs: Any) -> Any:
+    """Concrete `ones` arrays for abstract inputs; unknown dimensions become 1."""
+
+    def make(leaf):
+        if not _is_abstract(leaf):
+            return leaf
+        return jnp.ones(tuple(1 if d is None else d for d in leaf.shape), dtype=leaf.dtype)
+
+    return jax.tree.map(make, inputs, is_leaf=_is_abstract)

@@ -1,0 +1,185 @@
+"""PyTree <-> Keras variables: which leaves are arrays, their readable names,
+their dtypes, and structure / shape / dtype checks for trees coming back in.
+
+A `TreeLayout` remembers one PyTree (the model's `params` or `state`): its tree
+definition, which leaves are arrays (held as Keras variables) and which are
+static (None, strings, Python scalars, ...; handed to `call_fn` unchanged).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+
+# Leaves of these kinds are configuration, never variables.
+_STATIC_SCALARS = (bool, int, float, complex, str, bytes)
+
+
+def is_array_leaf(leaf: Any) -> bool:
+    """True for numeric array-likes that become Keras variables."""
+    if leaf is None or isinstance(leaf, _STATIC_SCALARS):
+        return False
+    dtype = getattr(leaf, "dtype", None)
+    shape = getattr(leaf, "shape", None)
+    if dtype is None or shape is None:
+        return False
+    try:
+        kind = np.dtype(dtype).kind
+    except TypeError:
+        # Backend dtypes (tf.DType, torch.dtype) are numeric when they get here.
+        return True
+    return kind in "biufc"
+
+
+def _key_text(key: Any) -> str:
+    for attribute in ("key", "name", "idx"):
+        if hasattr(key, attribute):
+            return str(getattr(key, attribute))
+    return str(key)
+
+
+def path_name(path: Sequence[Any], root: str) -> str:
+    """A Keras-legal variable name for a PyTree path.
+
+    Dict keys, attribute names and sequence indices are joined with `.`; `/`
+    (Haiku's module separator, which Keras forbids in names) becomes `.` too,
+    so `{"mlp/~/linear_0": {"w": ...}}` gives `mlp.~.linear_0.w`.
+    """
+    parts = [_key_text(k) for k in path]
+    if not parts:
+        return root
+    text = ".".join(part if part else "_" for part in parts)
+    text = text.replace("/", ".")
+    text = re.sub(r"\s+", "_", text)
+    return text
+
+
+def unique_names(names: Sequence[str], taken: set[str]) -> list[str]:
+    """Makes `names` unique (against each other and `taken`) with `_1`, `_2` suffixes."""
+    result = []
+    for name in names:
+        candidate, counter = name, 1
+        while candidate in taken:
+            candidate = f"{name}_{counter}"
+            counter += 1
+        taken.add(candidate)
+        result.append(candidate)
+    return result
+
+
+def describe_path(path: Sequence[Any]) -> str:
+    """The path as the user would index it, e.g. `['dense']['kernel']`."""
+    return jax.tree_util.keystr(tuple(path)) or "<root>"
+
+
+class TreeLayout:
+    """Splits a PyTree into array leaves (variables) and static leaves.
+
+    Args:
+        tree: the PyTree (`params` or `state`), or None.
+        root: `"params"` or `"state"`; names the root leaf and error messages.
+    """
+
+    def __init__(self, tree: Any, root: str):
+        leaves_with_paths, treedef = jax.tree_util.tree_flatten_with_path(tree)
+        self.root = root
+        self.treedef = treedef
+        self.leaf_paths = [path for path, _ in leaves_with_paths]
+        self.is_array = [is_array_leaf(leaf) for _, leaf in leaves_with_paths]
+        self.statics = [
+            None if array else leaf
+            for (_, leaf), array in zip(leaves_with_paths, self.is_array)
+        ]
+        self.array_paths = [p for p, a in zip(self.leaf_paths, self.is_array) if a]
+
+    @property
+    def num_arrays(self) -> int:
+        return len(self.array_paths)
+
+    def names(self) -> list[str]:
+        return [path_name(path, self.root) for path in self.array_paths]
+
+    def array_leaves(self, tree: Any) -> list:
+        """The array leaves of the layout's own tree (no checks)."""
+        leaves = self.treedef.flatten_up_to(tree)
+        return [leaf for leaf, array in zip(leaves, self.is_array) if array]
+
+    def rebuild(self, arrays: Sequence[Any]) -> Any:
+        """The tree with `arrays` at the array leaves and the static leaves as kept."""
+        arrays = iter(arrays)
+        leaves = [next(arrays) if array else static for array, static in zip(self.is_array, self.statics)]
+        return self.treedef.unflatten(leaves)
+
+    def match(self, tree: Any, what: str, fix: str) -> list:
+        """Checks `tree` has this layout's structure; returns its array leaves.
+
+        Static leaves must be equal; array leaves are returned for the caller
+        to check shapes and dtypes.
+        """
+        try:
+            leaves_with_paths, treedef = jax.tree_util.tree_flatten_with_path(tree)
+        except Exception as error:  # custom nodes can fail to flatten
+            raise ValueError(f"{what} could not be flattened as a PyTree: {error}. {fix}") from None
+        if treedef != self.treedef:
+            expected = {describe_path(p) for p in self.leaf_paths}
+            received = {describe_path(p) for p, _ in leaves_with_paths}
+            missing = sorted(expected - received)
+            extra = sorted(received - expected)
+            detail = []
+            if missing:
+                detail.append(f"missing leaves {', '.join(missing[:5])}")
+            if extra:
+                detail.append(f"unexpected leaves {', '.join(extra[:5])}")
+            if not detail:
+                detail.append(f"expected structure {self.treedef}, received {treedef}")
+            raise ValueError(
+                f"{what} does not have the structure of the layer's `{self.root}`: "
+                f"{'; '.join(detail)}. {fix}"
+            )
+        arrays = []
+        for (path, leaf), array, static in zip(leaves_with_paths, self.is_array, self.statics):
+            if array:
+                arrays.append(leaf)
+            elif leaf is not static and not _static_equal(leaf, static):
+                raise ValueError(
+                    f"{what} has {leaf!r} at `{self.root}{describe_path(path)}`, where "
+                    f"the layer's `{self.root}` holds the non-array leaf {static!r}. "
+                    f"Non-array leaves are configuration and cannot change. {fix}"
+                )
+        return arrays
+
+
+def _static_equal(a: Any, b: Any) -> bool:
+    if is_array_leaf(a):
+        return False
+    try:
+        return bool(a == b)
+    except Exception:
+        return False
+
+
+def check_leaf(
+    path: Sequence[Any],
+    root: str,
+    shape: tuple,
+    dtype: Any,
+    expected_shape: tuple,
+    expected_dtype: Any,
+    what: str,
+    fix: str,
+) -> None:
+    """Raises a ValueError naming the leaf when shape or dtype differ."""
+    where = f"`{root}{describe_path(path)}`"
+    if tuple(shape) != tuple(expected_shape):
+        raise ValueError(
+            f"{what}: the leaf {where} has shape {tuple(shape)}, expected "
+            f"{tuple(expected_shape)}. {fix}"
+        )
+    if np.dtype(dtype) != np.dtype(expected_dtype):
+        raise ValueError(
+            f"{what}: the leaf {where} has dtype {np.dtype(dtype).name}, expected "
+            f"{np.dtype(expected_dtype).name}. {fix}"
+        )

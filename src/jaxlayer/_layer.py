@@ -151,10 +151,10 @@ class JaxLayer(keras.layers.Layer):
         self.seed_generator = keras.random.SeedGenerator(seed) if signature.takes("rng") else None
         if params is not None or state is not None:
             self._create_variables(params, state)
-            self._build_at_init()
+            self._mark_built()
         elif not takes_variables:
             # Nothing to initialise: `init_fn` is never needed.
-            self._build_at_init()
+            self._mark_built()
 
     # ------------------------------------------------------------------ state
 
@@ -173,13 +173,15 @@ class JaxLayer(keras.layers.Layer):
         self._set_untracked("_state_tree", None)
 
     def _make_program(self) -> Program:
-        return Program(
+        program = Program(
             self._signature,
             self._params_layout,
             self._state_layout,
             [v.shape for v in self._state_variables],
             [_canonical_dtype(v.dtype) for v in self._state_variables],
         )
+        program.native_serialization_platforms = self.native_serialization_platforms
+        return program
 
     def _create_variables(self, params: Any, state: Any) -> None:
         """Creates one Keras variable per array leaf; all or nothing."""
@@ -235,6 +237,13 @@ class JaxLayer(keras.layers.Layer):
         return leaf
 
     # ------------------------------------------------------------------ build
+
+    def _mark_built(self) -> None:
+        # What Keras's build wrapper does after `build`, for layers whose
+        # variables exist at construction.
+        self.built = True
+        self._post_build()
+        self._lock_state()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if not self.built and self._needs_init:

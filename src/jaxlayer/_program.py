@@ -42,6 +42,9 @@ class Program:
         self.state_shapes = [tuple(s) for s in state_shapes]
         self.state_dtypes = [np.dtype(d) for d in state_dtypes]
         self.trace_count = 0  # how many times JAX traced the function (tests use it)
+        # Platforms a bridge that serializes the program (TensorFlow's jax2tf)
+        # compiles it for; None: the current one. Set by the layer.
+        self.native_serialization_platforms: Sequence[str] | None = None
         self._jitted: dict[bool, Callable] = {}
 
     def __call__(self, params: Sequence, state: Sequence, rng: Any, inputs: Any, training: bool):

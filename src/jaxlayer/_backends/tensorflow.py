@@ -1,0 +1,190 @@
+"""The TensorFlow backend bridge: the program runs as a `jax2tf` conversion.
+
+`jax2tf.convert(..., with_gradient=True)` embeds the compiled JAX program in
+the TensorFlow graph (an `XlaCallModule` op) with a custom gradient from
+`jax.vjp`, so `tf.GradientTape` (and Keras's `fit`) sees gradients for every
+parameter and for the inputs. One conversion is made per training flag and
+per input signature (structure, dtypes, non-batch dimensions); the leading
+(batch) dimension is symbolic, so every batch size, and graph-mode tensors
+with unknown dimensions, reuse the same conversion. The Keras TF seed
+(int64[2]: seed and counter) becomes a raw uint32[2] JAX key in the graph,
+keeping both words so each training call gets a different key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+import weakref
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from .base import Bridge
+
+
+def _tf():
+    import tensorflow as tf
+
+    return tf
+
+
+def _seed_tensor_to_key(seed: Any) -> Any:
+    """A Keras TF seed tensor (shape [2], int64) as a uint32[2] tensor, in the graph.
+
+    Each word is reduced modulo 2**32, as the JAX backend's uint32 seeds are,
+    so the counter word (which the seed generator increments) stays in the key.
+    """
+    tf = _tf()
+    seed = tf.convert_to_tensor(seed)
+    if seed.dtype == tf.uint32:
+        return seed
+    if seed.dtype == tf.int32:
+        return tf.bitcast(seed, tf.uint32)
+    if seed.dtype in (tf.int64, tf.uint64):
+        low_bits = tf.bitwise.bitwise_and(tf.cast(seed, tf.int64), tf.constant(0xFFFFFFFF, tf.int64))
+        return tf.cast(low_bits, tf.uint32)
+    raise TypeError(
+        f"JaxLayer expected the `rng` seeds to be integer tensors of shape [2] (as "
+        f"`keras.random.SeedGenerator.next()` returns them); got dtype {seed.dtype.name}. "
+        f"If you override `_get_call_rng`, build its seeds with `self._get_call_seed()`. "
+        f"Received: seed={seed!r}"
+    )
+
+
+def _numpy_value(value: Any) -> np.ndarray:
+    if hasattr(value, "numpy"):
+        value = value.numpy()
+    return np.asarray(value)
+
+
+class _InputSignature:
+    """What a conversion depends on: the inputs' structure, dtypes and non-batch dims."""
+
+    def __init__(self, inputs: Any):
+        leaves, self.treedef = jax.tree.flatten(inputs)
+        shapes = [tuple(leaf.shape.as_list()) if leaf.shape.rank is not None else None for leaf in leaves]
+        for leaf, shape in zip(leaves, shapes):
+            if shape is None:
+                raise ValueError(
+                    f"JaxLayer cannot run on a TensorFlow tensor of unknown rank "
+                    f"(jax2tf needs the number of dimensions). Give the input a "
+                    f"known rank, e.g. with `keras.Input(shape=...)` or a "
+                    f"`tf.function(input_signature=...)`. Received: {leaf!r}"
+                )
+        self.dtypes = tuple(leaf.dtype.name for leaf in leaves)
+        # The leading dimension of every input whose first dimension is unknown
+        # or equal to the first input's is the shared symbolic "batch"; any
+        # other dimension is kept when known, and symbolic when unknown.
+        first = next((s[0] for s in shapes if s), None)
+        self.batched = tuple(bool(s) and (s[0] is None or s[0] == first) for s in shapes)
+        self.dims = tuple(s[1:] if b else s for s, b in zip(shapes, self.batched))
+
+    def key(self) -> tuple:
+        return (self.treedef, self.dtypes, self.batched, self.dims)
+
+    def polymorphic_shapes(self) -> Any:
+        names = (f"d{i}" for i in itertools.count())
+        specs = []
+        for batched, dims in zip(self.batched, self.dims):
+            parts = ["batch"] if batched else []
+            parts += [next(names) if d is None else str(d) for d in dims]
+            specs.append("(" + ", ".join(parts) + (",)" if len(parts) == 1 else ")"))
+        return jax.tree.unflatten(self.treedef, specs)
+
+
+class TensorflowBridge(Bridge):
+    name = "tensorflow"
+
+    def __init__(self) -> None:
+        # program -> {(training, signature...): converted function}; a program
+        # is replaced whenever the layer recreates its variables.
+        self._conversions: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    # ----------------------------------------------------- eager conversions
+
+    def to_jax(self, value: Any) -> jax.Array:
+        return jax.numpy.asarray(_numpy_value(value))
+
+    def from_jax(self, array: Any) -> Any:
+        return np.asarray(array)
+
+    def seed_to_key(self, seed: Any) -> jax.Array:
+        seed = _numpy_value(seed)
+        if seed.dtype == np.int32:
+            return jax.numpy.asarray(seed.view(np.uint32))
+        return jax.numpy.asarray((seed.astype(np.int64) & 0xFFFFFFFF).astype(np.uint32))
+
+    # ------------------------------------------------------------------ build
+
+    def build_context(self, inputs: Any, layer_name: str):
+        tf = _tf()
+        if not tf.inside_function():
+            return contextlib.nullcontext()
+        if _in_keras_symbolic_scope():
+            # Keras is inferring shapes in a scratch graph: `init_fn` only
+            # needs shapes, and the variables are created eagerly.
+            return tf.init_scope()
+        raise ValueError(
+            f"JaxLayer `{layer_name}` cannot be built inside a `tf.function`: its "
+            f"variables would be created while TensorFlow traces a graph. Build it "
+            f"first, eagerly: call the layer (or its model) once on a concrete "
+            f"batch, call `layer.build(input_shape)`, or create the model with "
+            f"`keras.Input`, before calling it from a `tf.function`. Received "
+            f"inputs: {inputs!r}"
+        )
+
+    # -------------------------------------------------------------------- run
+
+    def run(self, program, params, state, rng, inputs, training):
+        tf = _tf()
+        inputs = jax.tree.map(tf.convert_to_tensor, inputs)
+        params = [tf.convert_to_tensor(p) for p in params]
+        state = [tf.convert_to_tensor(s) for s in state]
+        rng = jax.tree.map(_seed_tensor_to_key, rng)
+        signature = _InputSignature(inputs)
+        key = (
+            bool(training),
+            signature.key(),
+            jax.tree.structure(rng),
+            tuple((p.dtype.name, tuple(p.shape)) for p in params),
+            tuple((s.dtype.name, tuple(s.shape)) for s in state),
+        )
+        cache = self._conversions.setdefault(program, {})
+        fn = cache.get(key)
+        if fn is None:
+            fn = _convert(program, bool(training), signature.polymorphic_shapes())
+            cache[key] = fn
+        outputs, new_state = fn(params, state, rng, inputs)
+        return outputs, list(new_state)
+
+
+def _in_keras_symbolic_scope() -> bool:
+    try:
+        from keras.src.backend.common.symbolic_scope import in_symbolic_scope
+    except ImportError:  # pragma: no cover - other Keras layouts
+        return False
+    return in_symbolic_scope()
+
+
+def _convert(program: Any, training: bool, input_shapes: Any) -> Callable:
+    tf = _tf()
+    from jax.experimental import jax2tf
+
+    def pure(params, state, rng, inputs):
+        return program(params, state, rng, inputs, training)
+
+    options: dict[str, Any] = {}
+    platforms = getattr(program, "native_serialization_platforms", None)
+    if platforms is not None:
+        options["native_serialization_platforms"] = tuple(platforms)
+    converted = jax2tf.convert(
+        pure,
+        polymorphic_shapes=[None, None, None, input_shapes],
+        with_gradient=True,
+        **options,
+    )
+    # Autograph must not rewrite the converted function's Python.
+    return tf.autograph.experimental.do_not_convert(functools.wraps(pure)(converted))

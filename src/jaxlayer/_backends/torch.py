@@ -1,0 +1,248 @@
+"""The PyTorch backend bridge: DLPack in and out, `jax.vjp` as the backward.
+
+A call that torch must differentiate goes through `_JaxFunction`, a
+`torch.autograd.Function`. Its forward hands the tensors to JAX with DLPack
+and runs one compiled function that returns the outputs, the new state and
+the `jax.vjp` pullback (a PyTree of residual arrays); its backward runs the
+compiled pullback on the incoming gradients. Calls without gradients (under
+`torch.no_grad()`, as in `predict`) run the plain compiled program.
+
+Buffer safety: tensors cross into JAX without a copy when their layout
+allows, so JAX reads memory that torch owns and may later change in place.
+Every call therefore waits for the computation to finish before returning,
+and any result buffer that is still one of the input buffers is copied, so
+the outputs, the new state and the residuals kept for backward never share
+memory with a tensor torch can mutate. Values handed out of the layer
+(`to_jax`, `from_jax`) are always copies.
+"""
+
+from __future__ import annotations
+
+import functools
+import weakref
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+from .base import Bridge
+
+
+def _is_float_dtype(dtype: Any) -> bool:
+    return jnp.issubdtype(dtype, jnp.floating)
+
+
+def _tensor_to_jax(tensor: torch.Tensor) -> jax.Array:
+    """Shares the tensor's memory with JAX where its layout allows, else copies."""
+    tensor = tensor.detach()
+    if not tensor.is_contiguous():
+        tensor = tensor.contiguous()
+    return jax.dlpack.from_dlpack(tensor)
+
+
+def _leaf_to_jax(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor):
+        return _tensor_to_jax(value)
+    return jnp.asarray(value)
+
+
+def _jax_to_tensor(array: Any) -> Any:
+    """A JAX result as a torch tensor over the same buffer (no copy)."""
+    if array is None:
+        return None
+    return torch.from_dlpack(array)
+
+
+def _buffer_pointers(arrays: list) -> set:
+    pointers = set()
+    for array in arrays:
+        try:
+            pointers.add(array.unsafe_buffer_pointer())
+        except Exception:  # noqa: BLE001 - sharded or deleted arrays: no single buffer
+            pass
+    return pointers
+
+
+def _unalias(tree: Any, input_pointers: set) -> Any:
+    """Copies the leaves of `tree` that still use one of the input buffers.
+
+    Top-level `jax.jit` returns fresh buffers today, so this is normally a
+    no-op; it keeps the bridge safe if JAX ever forwards inputs to outputs.
+    """
+    if not input_pointers:
+        return tree
+
+    def fresh(leaf):
+        if isinstance(leaf, jax.Array) and _buffer_pointers([leaf]) & input_pointers:
+            return jnp.copy(leaf)
+        return leaf
+
+    return jax.tree.map(fresh, tree)
+
+
+def _seed_to_key(seed: Any) -> Any:
+    if seed is None:
+        return None
+    if isinstance(seed, torch.Tensor):
+        seed = seed.detach().cpu().numpy()
+    # Keras stores torch seeds as int32 (torch has no uint32); the bits are
+    # the uint32 key words, so reinterpret rather than clip.
+    return jnp.asarray(np.asarray(seed).astype(np.int64).astype(np.uint32))
+
+
+def _vjp_forward(program, training, flat, rng, *, mask, layout):
+    """Outputs, new state and the pullback for the leaves where `mask` is set."""
+    num_params, num_state, inputs_treedef = layout
+    diff_positions = [i for i, needs_grad in enumerate(mask) if needs_grad]
+
+    def differentiable(diff_leaves):
+        leaves = list(flat)
+        for position, leaf in zip(diff_positions, diff_leaves):
+            leaves[position] = leaf
+        params = leaves[:num_params]
+        state = leaves[num_params : num_params + num_state]
+        inputs = jax.tree.unflatten(inputs_treedef, leaves[num_params + num_state :])
+        outputs, new_state = program(params, state, rng, inputs, training)
+        # Only floating outputs carry gradients; None drops the others from
+        # the pullback's cotangent structure.
+        float_outputs = [
+            leaf if _is_float_dtype(leaf.dtype) else None for leaf in jax.tree.leaves(outputs)
+        ]
+        return float_outputs, (outputs, new_state)
+
+    diff_leaves = [flat[i] for i in diff_positions]
+    _, pullback, (outputs, new_state) = jax.vjp(differentiable, diff_leaves, has_aux=True)
+    return outputs, new_state, pullback
+
+
+@jax.jit
+def _vjp_backward(pullback, cotangents):
+    (grads,) = pullback(cotangents)
+    return grads
+
+
+_forward_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _compiled_forward(program: Any, training: bool):
+    """The `jax.jit` of `_vjp_forward` for one program and training flag, made once."""
+    per_program = _forward_cache.setdefault(program, {})
+    fn = per_program.get(training)
+    if fn is None:
+        fn = jax.jit(
+            functools.partial(_vjp_forward, program, training),
+            static_argnames=("mask", "layout"),
+        )
+        per_program[training] = fn
+    return fn
+
+
+class _Call:
+    """What one differentiable call needs besides the tensors, and what it leaves."""
+
+    def __init__(self, program, training, rng, mask, layout):
+        self.program = program
+        self.training = training
+        self.rng = rng
+        self.mask = mask
+        self.layout = layout
+        # Filled by the forward pass:
+        self.outputs = None
+        self.new_state = None
+
+
+class _JaxFunction(torch.autograd.Function):
+    """`program` as a torch op whose backward is its compiled `jax.vjp`.
+
+    Arguments: a `_Call`, then every tensor leaf (params, state, inputs).
+    Returns the floating-point output leaves, which are the only outputs
+    torch differentiates; integer outputs and the new state are left on the
+    `_Call`.
+    """
+
+    @staticmethod
+    def forward(ctx, call: _Call, *tensors):
+        flat = [_leaf_to_jax(t) for t in tensors]
+        forward = _compiled_forward(call.program, call.training)
+        result = forward(flat, call.rng, mask=call.mask, layout=call.layout)
+        jax.block_until_ready(result)  # the inputs have been read once this returns
+        outputs, new_state, pullback = _unalias(result, _buffer_pointers(flat))
+        output_leaves, treedef = jax.tree.flatten(outputs)
+        tensors_out = [_jax_to_tensor(leaf) for leaf in output_leaves]
+        is_float = [_is_float_dtype(leaf.dtype) for leaf in output_leaves]
+        float_tensors = [t for t, f in zip(tensors_out, is_float) if f]
+        call.outputs = (treedef, tensors_out, is_float)
+        call.new_state = [_jax_to_tensor(s) for s in new_state]
+        ctx.pullback = pullback  # kept (not freed) so that retain_graph works
+        ctx.mask = call.mask
+        # Outputs are zero-copy views of JAX buffers: let torch's version
+        # counter flag an in-place change made before backward.
+        ctx.save_for_backward(*float_tensors)
+        return tuple(float_tensors)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grad_outputs):
+        ctx.saved_tensors  # noqa: B018 - raises if an output was modified in place
+        cotangents = [_tensor_to_jax(g) for g in grad_outputs]
+        grads = _vjp_backward(ctx.pullback, cotangents)
+        grads = iter(_jax_to_tensor(g) for g in grads)
+        return (None,) + tuple(next(grads) if needs else None for needs in ctx.mask)
+
+
+def _needs_grad(tensor: Any) -> bool:
+    return (
+        isinstance(tensor, torch.Tensor)
+        and tensor.requires_grad
+        and tensor.is_floating_point()
+    )
+
+
+class TorchBridge(Bridge):
+    name = "torch"
+
+    def to_jax(self, value: Any) -> jax.Array:
+        if isinstance(value, torch.Tensor):
+            # A copy: JAX arrays must not change when the variable is assigned.
+            return _tensor_to_jax(value.detach().clone(memory_format=torch.contiguous_format))
+        return jnp.array(np.asarray(value))
+
+    def from_jax(self, array: Any) -> Any:
+        # A copy: the variable is updated in place, the JAX array must not be.
+        return torch.from_dlpack(array).clone()
+
+    def seed_to_key(self, seed: Any) -> jax.Array:
+        return _seed_to_key(seed)
+
+    @torch.compiler.disable
+    def run(self, program, params, state, rng, inputs, training):
+        keys = jax.tree.map(_seed_to_key, rng)
+        input_leaves, inputs_treedef = jax.tree.flatten(inputs)
+        tensors = list(params) + list(state) + input_leaves
+        num_params, num_state = len(params), len(state)
+        # State is never differentiated; params and inputs are where torch asks.
+        mask = tuple(
+            _needs_grad(t) and not (num_params <= i < num_params + num_state)
+            for i, t in enumerate(tensors)
+        )
+        if not (torch.is_grad_enabled() and any(mask)):
+            return self._run_without_grad(program, params, state, keys, inputs, training)
+        call = _Call(program, training, keys, mask, (num_params, num_state, inputs_treedef))
+        float_tensors = iter(_JaxFunction.apply(call, *tensors))
+        treedef, tensors_out, is_float = call.outputs
+        leaves = [next(float_tensors) if f else t for t, f in zip(tensors_out, is_float)]
+        return jax.tree.unflatten(treedef, leaves), call.new_state
+
+    def _run_without_grad(self, program, params, state, keys, inputs, training):
+        flat_params = [_leaf_to_jax(p) for p in params]
+        flat_state = [_leaf_to_jax(s) for s in state]
+        jax_inputs = jax.tree.map(_leaf_to_jax, inputs)
+        result = program.jitted(training)(flat_params, flat_state, keys, jax_inputs)
+        jax.block_until_ready(result)
+        pointers = _buffer_pointers(flat_params + flat_state + jax.tree.leaves(jax_inputs))
+        outputs, new_state = _unalias(result, pointers)
+        return jax.tree.map(_jax_to_tensor, outputs), [_jax_to_tensor(s) for s in new_state]

@@ -1,0 +1,65 @@
+"""B1: on the JAX backend, jaxlayer imports no optional framework, even through
+build, fit and predict (checked in a fresh process, with a check that the
+check itself can fail)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import BACKEND
+
+pytestmark = pytest.mark.skipif(
+    BACKEND != "jax", reason="on other backends Keras itself imports tensorflow/torch"
+)
+
+# Keras itself imports scikit-learn and matplotlib when they are installed
+# (plain Dense models do too), so only the frameworks are checked here.
+OPTIONAL = ["tensorflow", "torch", "haiku", "flax", "equinox"]
+
+SCRIPT = """
+import json, sys
+{extra}
+import numpy as np, jax, jax.numpy as jnp, keras
+import jaxlayer
+def init_fn(rng, inputs):
+    return {{"w": jax.random.normal(rng, (inputs.shape[-1], 2))}}
+def call_fn(params, rng, inputs, training):
+    y = inputs @ params["w"]
+    return jnp.where(jax.random.bernoulli(rng, 0.9, y.shape), y, 0.0) if training else y
+model = keras.Sequential([keras.Input((3,)), jaxlayer.JaxLayer(call_fn, init_fn, seed=0)])
+model.compile("sgd", "mse")
+model.fit(np.ones((8, 3)), np.ones((8, 2)), epochs=1, verbose=0)
+model.predict(np.ones((2, 3)), verbose=0)
+model.layers[0](np.ones((2, 3), "float32"))
+print(json.dumps(sorted(m for m in {optional} if m in sys.modules)))
+"""
+
+
+def _imported(extra=""):
+    env = dict(os.environ, KERAS_BACKEND="jax")
+    script = SCRIPT.format(extra=extra, optional=OPTIONAL)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_build_fit_predict_import_no_optional_framework():
+    assert _imported() == []
+
+
+def test_the_check_detects_an_import():
+    # Guards against a check that cannot fail: an explicit import is seen.
+    pytest.importorskip("haiku")
+    assert _imported("import haiku") == ["haiku"]
+
+
+def test_import_jaxlayer_alone_is_light():
+    script = "import sys, jaxlayer; print(sorted(m for m in %r if m in sys.modules))" % OPTIONAL
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env=dict(os.environ, KERAS_BACKEND="jax"), timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"

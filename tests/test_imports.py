@@ -54,7 +54,7 @@ def test_build_fit_predict_import_no_optional_framework():
 def test_the_check_detects_an_import():
     # Guards against a check that cannot fail: an explicit import is seen.
     pytest.importorskip("haiku")
-    assert _imported("import haiku") == ["haiku"]
+    assert "haiku" in _imported("import haiku")
 
 
 def test_import_jaxlayer_alone_is_light():

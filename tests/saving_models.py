@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+
 from models import dense_init, mlp_apply, stateful_call, stateful_init
 
 

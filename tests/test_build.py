@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND, to_numpy
-from models import dense_init, mlp_apply, stateful_call, stateful_init
 
+from conftest import BACKEND, to_numpy
 from jaxlayer import JaxLayer
+from models import dense_init, mlp_apply, stateful_call, stateful_init
 
 
 def test_init_fn_gets_placeholders_of_input_shapes_and_dtypes():

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+
 from conftest import BACKEND
 
 pytestmark = pytest.mark.skipif(
@@ -58,7 +59,7 @@ def test_the_check_detects_an_import():
 
 
 def test_import_jaxlayer_alone_is_light():
-    script = "import sys, jaxlayer; print(sorted(m for m in %r if m in sys.modules))" % OPTIONAL
+    script = f"import sys, jaxlayer; print(sorted(m for m in {OPTIONAL!r} if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             env=dict(os.environ, KERAS_BACKEND="jax"), timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]

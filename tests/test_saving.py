@@ -12,11 +12,11 @@ import jax.numpy as jnp
 import keras
 import numpy as np
 import pytest
+
 from conftest import BACKEND, to_numpy
+from jaxlayer import JaxLayer
 from models import dense_init, mlp_apply
 from saving_models import saved_call, saved_init, saved_stateful_call, saved_stateful_init
-
-from jaxlayer import JaxLayer
 
 X = np.linspace(-1, 1, 12, dtype="float32").reshape(3, 4)
 TESTS = Path(__file__).parent

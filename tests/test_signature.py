@@ -5,10 +5,10 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import to_numpy
-from models import dense_init, mlp_apply
 
+from conftest import to_numpy
 from jaxlayer import JaxLayer
+from models import dense_init, mlp_apply
 
 X = np.ones((2, 4), "float32")
 

@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND, to_numpy
-from models import dense_init, dropout_call, mlp_apply, stateful_call, stateful_init
 
+from conftest import BACKEND, to_numpy
 from jaxlayer import JaxLayer
+from models import dense_init, dropout_call, mlp_apply, stateful_call, stateful_init
 
 X = np.arange(8, dtype="float32").reshape(2, 4) / 8
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from conftest import to_numpy
-from models import dense_init, dropout_call, stateful_call, stateful_init
 
+from conftest import to_numpy
 from jaxlayer import JaxLayer
+from models import dense_init, dropout_call, stateful_call, stateful_init
 
 pytestmark = pytest.mark.needs_training
 

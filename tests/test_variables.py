@@ -9,12 +9,12 @@ import jax.numpy as jnp
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND, to_numpy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from models import dense_init, mlp_apply, stateful_call, stateful_init
 
+from conftest import BACKEND, to_numpy
 from jaxlayer import JaxLayer
+from models import dense_init, mlp_apply, stateful_call, stateful_init
 
 X = np.ones((2, 4), "float32")
 

@@ -9,7 +9,8 @@ inputs. The layer calls only these methods; it never looks at the backend.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, ContextManager, Sequence
+from collections.abc import Sequence
+from typing import Any, ContextManager
 
 import jax
 import numpy as np
@@ -32,6 +33,14 @@ class Bridge:
     def seed_to_key(self, seed: Any) -> jax.Array:
         """A Keras seed tensor (shape [2]) as a raw uint32 JAX PRNG key, eagerly."""
         return jax.numpy.asarray(np.asarray(seed).astype(np.uint32))
+
+    def adopt_variable(self, variable: Any) -> None:
+        """Adapts a Keras variable the layer just created to the backend."""
+
+    def is_eager_tensor(self, value: Any) -> bool:
+        """Whether `value` is a concrete backend tensor the layer may run on
+        directly, bypassing Keras's `Layer.__call__` (False: always the full path)."""
+        return False
 
     def build_context(self, inputs: Any, layer_name: str) -> ContextManager:
         """A context in which `init_fn` may run now; raises where it cannot."""

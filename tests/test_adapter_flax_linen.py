@@ -1,0 +1,265 @@
+"""B3: `FlaxLayer` (Flax Linen) against Flax's own `apply`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import jax
+import keras
+import numpy as np
+import pytest
+
+from conftest import BACKEND, to_numpy, tree_allclose
+
+linen = pytest.importorskip("flax.linen", reason="Flax is not installed")
+
+from jaxlayer import FlaxLayer, JaxLayer  # noqa: E402
+
+X = np.linspace(-1, 1, 40, dtype="float32").reshape(5, 8)
+
+
+@keras.saving.register_keras_serializable(package="jaxlayer_tests")
+class LinenMLP(linen.Module):
+    hidden: int = 32
+    classes: int = 10
+
+    @linen.compact
+    def __call__(self, inputs, training=False):
+        x = linen.relu(linen.Dense(self.hidden)(inputs))
+        x = linen.BatchNorm(use_running_average=not training, momentum=0.9)(x)
+        x = linen.Dropout(0.2, deterministic=not training)(x)
+        return linen.Dense(self.classes)(x)
+
+    def get_config(self):
+        return {"hidden": self.hidden, "classes": self.classes}
+
+
+class NoisyModule(linen.Module):
+    """Asks for a stream keras.layers.FlaxLayer never supplies."""
+
+    @linen.compact
+    def __call__(self, inputs):
+        noise = jax.random.normal(self.make_rng("noise"), inputs.shape)
+        return linen.Dense(3)(inputs + noise)
+
+
+class Embedder(linen.Module):
+    @linen.compact
+    def __call__(self, ids):
+        return linen.Embed(20, 4)(ids).sum(axis=1)
+
+
+def _digits():
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    order = np.random.default_rng(0).permutation(len(x))  # the file is ordered by writer
+    return (x[order] / 16.0).astype("float32"), y[order].astype("int32")
+
+
+def test_outputs_and_state_match_flax_apply():
+    module = LinenMLP()
+    layer = FlaxLayer(module, seed=0)
+    out = layer(X)
+    variables = {**layer.get_params(), **layer.get_state()}
+    np.testing.assert_allclose(to_numpy(out), module.apply(variables, X), rtol=1e-5, atol=1e-6)
+    assert isinstance(layer, JaxLayer) and isinstance(layer, keras.layers.Layer)
+
+
+def test_given_variables_are_used_and_names_follow_flax_paths():
+    module = LinenMLP(hidden=16)
+    variables = module.init(jax.random.key(1), X)
+    layer = FlaxLayer(module, variables=variables)
+    assert layer.built
+    names = sorted(v.name for v in layer.trainable_variables)
+    assert "params.Dense_0.kernel" in names and "params.BatchNorm_0.scale" in names
+    assert sorted(v.name for v in layer.non_trainable_weights) == [
+        "batch_stats.BatchNorm_0.mean",
+        "batch_stats.BatchNorm_0.var",
+    ]
+    tree_allclose(layer.get_params(), {"params": variables["params"]})
+    np.testing.assert_allclose(to_numpy(layer(X)), module.apply(variables, X), rtol=1e-5, atol=1e-6)
+
+
+def test_count_params_equals_flax_count():
+    module = LinenMLP()
+    layer = FlaxLayer(module)
+    layer(X)
+    variables = module.init(jax.random.key(0), X)
+    flax_params = sum(np.size(v) for v in jax.tree.leaves(variables["params"]))
+    flax_state = sum(np.size(v) for v in jax.tree.leaves(variables["batch_stats"]))
+    assert sum(np.size(v) for v in layer.trainable_variables) == flax_params
+    assert layer.count_params() == flax_params + flax_state
+
+
+@pytest.mark.needs_training
+def test_training_updates_batch_stats_and_dropout_follows_the_flag():
+    layer = FlaxLayer(LinenMLP(), seed=3)
+    layer(X)
+    before = layer.get_state()
+    np.testing.assert_array_equal(to_numpy(layer(X)), to_numpy(layer(X)))
+    tree_allclose(layer.get_state(), before)  # inference leaves the statistics alone
+    a = to_numpy(layer(X, training=True))
+    b = to_numpy(layer(X, training=True))
+    assert not np.allclose(a, b)  # fresh dropout masks on every training call
+    mean = to_numpy(layer.state["batch_stats"]["BatchNorm_0"]["mean"])
+    assert not np.allclose(mean, to_numpy(before["batch_stats"]["BatchNorm_0"]["mean"]))
+
+
+@pytest.mark.needs_training
+def test_same_seed_gives_same_masks():
+    module = LinenMLP()
+    variables = module.init(jax.random.key(0), X)
+    first = FlaxLayer(module, variables=variables, seed=7)
+    second = FlaxLayer(module, variables=variables, seed=7)
+    np.testing.assert_allclose(
+        to_numpy(first(X, training=True)), to_numpy(second(X, training=True)), rtol=1e-6
+    )
+
+
+@pytest.mark.needs_training
+def test_every_make_rng_stream_gets_a_key_in_training():
+    layer = FlaxLayer(NoisyModule(), seed=0)
+    layer(X, training=True)  # keras.layers.FlaxLayer fails: no "noise" stream
+    a = to_numpy(layer(X, training=True))
+    b = to_numpy(layer(X, training=True))
+    assert not np.allclose(a, b)
+    assert layer._streams[True] == ["noise"]
+
+
+def test_inference_rng_streams_give_keys_in_inference():
+    with pytest.raises(Exception, match="noise"):
+        FlaxLayer(NoisyModule(), seed=0)(X)  # no stream in inference by default
+    layer = FlaxLayer(NoisyModule(), seed=0, inference_rng_streams=["noise"])
+    a, b = to_numpy(layer(X)), to_numpy(layer(X))
+    assert a.shape == (5, 3) and not np.allclose(a, b)
+
+
+def test_integer_inputs_initialise_with_their_dtype():
+    ids = np.array([[1, 2, 3], [4, 5, 19]], dtype="int32")
+    module = Embedder()
+    layer = FlaxLayer(module)
+    out = layer(ids)
+    expected = module.apply(layer.get_params(), ids)
+    np.testing.assert_allclose(to_numpy(out), expected, rtol=1e-6)
+    assert [v.name for v in layer.weights] == ["params.Embed_0.embedding"]
+
+
+@pytest.mark.needs_training
+def test_mixed_precision_keeps_batch_stats_in_float32():
+    layer = FlaxLayer(LinenMLP(), dtype="mixed_bfloat16", seed=0)
+    layer(X, training=True)
+    assert {v.dtype for v in layer.non_trainable_weights} == {"float32"}
+    assert {v.dtype for v in layer.trainable_variables} == {"float32"}
+    out = layer(X)
+    assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
+
+
+def test_method_and_unbound_function_are_supported():
+    class TwoHeads(linen.Module):
+        def setup(self):
+            self.dense = linen.Dense(2)
+
+        def __call__(self, inputs):
+            return self.dense(inputs)
+
+        def doubled(self, inputs):
+            return 2 * self.dense(inputs)
+
+    module = TwoHeads()
+    variables = module.init(jax.random.key(0), X)
+    by_name = FlaxLayer(module, method="doubled", variables=variables)
+    bound = FlaxLayer(module, method=module.doubled, variables=variables)
+    unbound = FlaxLayer(module, method=lambda m, inputs: m.doubled(inputs), variables=variables)
+    expected = module.apply(variables, X, method="doubled")
+    for layer in (by_name, bound, unbound):
+        np.testing.assert_allclose(to_numpy(layer(X)), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_params_go_back_into_flax():
+    module = LinenMLP()
+    layer = FlaxLayer(module, seed=0)
+    layer(X)
+    layer.set_params(jax.tree.map(lambda p: p * 0.5, layer.get_params()))
+    variables = {"params": layer.get_params()["params"], **layer.get_state()}
+    np.testing.assert_allclose(to_numpy(layer(X)), module.apply(variables, X), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.needs_training
+def test_fit_on_digits_reaches_90_percent():
+    x, y = _digits()
+    model = keras.Sequential([keras.Input((64,)), FlaxLayer(LinenMLP(), seed=0)])
+    model.compile(
+        keras.optimizers.Adam(1e-2),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    history = model.fit(x[:1500], y[:1500], epochs=5, batch_size=64, verbose=0)
+    losses = history.history["loss"]
+    assert losses[-1] < losses[0]
+    _, accuracy = model.evaluate(x[1500:], y[1500:], verbose=0)
+    assert accuracy >= 0.9
+
+
+def test_model_save_and_load_round_trip(tmp_path):
+    model = keras.Sequential([keras.Input((8,)), FlaxLayer(LinenMLP(hidden=8), seed=0)])
+    if BACKEND != "numpy":
+        model(X, training=True)
+    expected = to_numpy(model(X))
+    path = tmp_path / "linen.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded.layers[0], FlaxLayer)
+    assert loaded.layers[0].module == LinenMLP(hidden=8)
+    np.testing.assert_array_equal(to_numpy(loaded(X)), expected)
+    assert [v.name for v in loaded.weights] == [v.name for v in model.weights]
+
+
+def test_unregistered_module_fails_at_save_time_and_weights_still_save(tmp_path):
+    model = keras.Sequential([keras.Input((8,)), FlaxLayer(linen.Dense(3), seed=0)])
+    with pytest.raises(ValueError, match="register_keras_serializable"):
+        model.save(tmp_path / "noisy.keras")
+    assert not (tmp_path / "noisy.keras").exists()
+    weights = [to_numpy(v) for v in model.weights]
+    model.save_weights(tmp_path / "noisy.weights.h5")
+    fresh = keras.Sequential([keras.Input((8,)), FlaxLayer(linen.Dense(3), seed=5)])
+    fresh.load_weights(tmp_path / "noisy.weights.h5")
+    for a, b in zip(weights, fresh.weights, strict=True):
+        np.testing.assert_array_equal(a, to_numpy(b))
+
+
+def test_wrong_object_names_the_right_adapter():
+    from flax import nnx
+
+    with pytest.raises(TypeError, match="NnxLayer"):
+        FlaxLayer(nnx.Linear(2, 2, rngs=nnx.Rngs(0)))
+    with pytest.raises(TypeError, match="flax.linen.Module"):
+        FlaxLayer(lambda x: x)
+
+
+def test_missing_flax_names_the_pip_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "flax", None)
+    monkeypatch.setitem(sys.modules, "flax.linen", None)
+    with pytest.raises(ImportError, match=r'pip install "jaxlayer\[flax\]"'):
+        FlaxLayer(object())
+
+
+@pytest.mark.slow
+def test_importing_jaxlayer_imports_no_framework():
+    script = (
+        "import sys, jaxlayer, jaxlayer.adapters\n"
+        "assert jaxlayer.adapters.__all__\n"
+        "print(sorted(m for m in ('flax', 'haiku', 'equinox') if m in sys.modules))\n"
+        "jaxlayer.FlaxLayer\n"
+        "print('flax' in sys.modules)\n"
+    )
+    env = dict(os.environ, KERAS_BACKEND=BACKEND)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines[-2] == "[]"
+    assert lines[-1] == "False"  # even the class is loaded without importing flax

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+
 from conftest import BACKEND
 
 if BACKEND != "tensorflow":
@@ -176,7 +177,9 @@ def test_native_serialization_platforms_is_honoured():
     cpu = JaxLayer(linear_call, linear_init, native_serialization_platforms=("cpu", "cuda"))
     cpu_out = cpu(x)
     np.testing.assert_allclose(cpu_out, linear_call(cpu.get_params(), x), rtol=1e-5, atol=1e-6)
-    tpu_only = JaxLayer(linear_call, params=cpu.get_params(), native_serialization_platforms=["tpu"])
+    tpu_only = JaxLayer(
+        linear_call, params=cpu.get_params(), native_serialization_platforms=["tpu"]
+    )
     with pytest.raises(tf.errors.NotFoundError, match="not among the platforms"):
         tpu_only(x)
 
@@ -207,6 +210,17 @@ def test_export_tf_saved_model_serves_identical_outputs(tmp_path):
     served = tf.saved_model.load(path)
     np.testing.assert_allclose(served.serve(tf.constant(x)), expected, rtol=1e-6, atol=1e-6)
     # The batch dimension stays polymorphic in the exported graph.
-    np.testing.assert_allclose(
-        served.serve(tf.constant(x[:2])), expected[:2], rtol=1e-6, atol=1e-6
-    )
+    np.testing.assert_allclose(served.serve(tf.constant(x[:2])), expected[:2], rtol=1e-6, atol=1e-6)
+
+
+def test_conversions_are_released_with_the_layer():
+    import gc
+    import weakref
+
+    layer = JaxLayer(linear_call, linear_init)
+    layer(_data(2)[0])
+    program, bridge = weakref.ref(layer._program), layer._bridge
+    assert len(bridge._conversions) >= 1
+    del layer
+    gc.collect()
+    assert program() is None

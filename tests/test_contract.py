@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND, to_numpy, tree_allclose
 
+from conftest import BACKEND, to_numpy, tree_allclose
 from jaxlayer import JaxLayer
 
 RTOL, ATOL = 1e-5, 1e-6
@@ -312,6 +312,23 @@ def test_gradients_of_haiku_model():
     x = data(4, 3)
     layer(x)
     assert_gradients_match(layer, x, lambda p, v: transformed.apply(p, None, v))
+
+
+@pytest.mark.needs_training
+def test_training_gradients_with_state_and_rng():
+    x = data(6, 4)
+    stateful = JaxLayer(running_mean_call, running_mean_init)
+    stateful(x)
+    initial_state = stateful.get_state()
+    assert_gradients_match(
+        stateful, x, lambda p, v: running_mean_call(p, initial_state, v, True)[0], training=True
+    )
+    dropout = JaxLayer(dropout_call, mlp_init, seed=SEED)
+    dropout(x)
+    # The first training call gets the key [SEED, 0].
+    assert_gradients_match(
+        dropout, x, lambda p, v: dropout_call(p, raw_key(0), v, True), training=True
+    )
 
 
 @pytest.mark.needs_training

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from typing import Any, ContextManager
+from typing import Any
 
 import jax
 import numpy as np
@@ -42,7 +42,7 @@ class Bridge:
         directly, bypassing Keras's `Layer.__call__` (False: always the full path)."""
         return False
 
-    def build_context(self, inputs: Any, layer_name: str) -> ContextManager:
+    def build_context(self, inputs: Any, layer_name: str) -> contextlib.AbstractContextManager:
         """A context in which `init_fn` may run now; raises where it cannot."""
         return contextlib.nullcontext()
 

@@ -14,10 +14,10 @@ keeping both words so each training call gets a different key.
 from __future__ import annotations
 
 import contextlib
-import functools
 import itertools
 import weakref
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -44,7 +44,9 @@ def _seed_tensor_to_key(seed: Any) -> Any:
     if seed.dtype == tf.int32:
         return tf.bitcast(seed, tf.uint32)
     if seed.dtype in (tf.int64, tf.uint64):
-        low_bits = tf.bitwise.bitwise_and(tf.cast(seed, tf.int64), tf.constant(0xFFFFFFFF, tf.int64))
+        low_bits = tf.bitwise.bitwise_and(
+            tf.cast(seed, tf.int64), tf.constant(0xFFFFFFFF, tf.int64)
+        )
         return tf.cast(low_bits, tf.uint32)
     raise TypeError(
         f"JaxLayer expected the `rng` seeds to be integer tensors of shape [2] (as "
@@ -65,8 +67,10 @@ class _InputSignature:
 
     def __init__(self, inputs: Any):
         leaves, self.treedef = jax.tree.flatten(inputs)
-        shapes = [tuple(leaf.shape.as_list()) if leaf.shape.rank is not None else None for leaf in leaves]
-        for leaf, shape in zip(leaves, shapes):
+        shapes = [
+            tuple(leaf.shape.as_list()) if leaf.shape.rank is not None else None for leaf in leaves
+        ]
+        for leaf, shape in zip(leaves, shapes, strict=True):
             if shape is None:
                 raise ValueError(
                     f"JaxLayer cannot run on a TensorFlow tensor of unknown rank "
@@ -75,20 +79,37 @@ class _InputSignature:
                     f"`tf.function(input_signature=...)`. Received: {leaf!r}"
                 )
         self.dtypes = tuple(leaf.dtype.name for leaf in leaves)
+        self.static_shapes = tuple(shapes)
+        self.fully_known = all(d is not None for shape in shapes for d in shape)
         # The leading dimension of every input whose first dimension is unknown
         # or equal to the first input's is the shared symbolic "batch"; any
         # other dimension is kept when known, and symbolic when unknown.
         first = next((s[0] for s in shapes if s), None)
         self.batched = tuple(bool(s) and (s[0] is None or s[0] == first) for s in shapes)
-        self.dims = tuple(s[1:] if b else s for s, b in zip(shapes, self.batched))
+        self.dims = tuple(s[1:] if b else s for s, b in zip(shapes, self.batched, strict=True))
 
     def key(self) -> tuple:
         return (self.treedef, self.dtypes, self.batched, self.dims)
 
+    def tensor_specs(self, static: bool = False) -> Any:
+        """TensorSpecs leaving the batch dimension open (or, static, the whole shape)."""
+        tf = _tf()
+        if static:
+            shapes = self.static_shapes
+        else:
+            shapes = [
+                ((None,) if batched else ()) + dims
+                for batched, dims in zip(self.batched, self.dims, strict=True)
+            ]
+        specs = [
+            tf.TensorSpec(shape, dtype) for shape, dtype in zip(shapes, self.dtypes, strict=True)
+        ]
+        return jax.tree.unflatten(self.treedef, specs)
+
     def polymorphic_shapes(self) -> Any:
         names = (f"d{i}" for i in itertools.count())
         specs = []
-        for batched, dims in zip(self.batched, self.dims):
+        for batched, dims in zip(self.batched, self.dims, strict=True):
             parts = ["batch"] if batched else []
             parts += [next(names) if d is None else str(d) for d in dims]
             specs.append("(" + ", ".join(parts) + (",)" if len(parts) == 1 else ")"))
@@ -145,20 +166,81 @@ class TensorflowBridge(Bridge):
         state = [tf.convert_to_tensor(s) for s in state]
         rng = jax.tree.map(_seed_tensor_to_key, rng)
         signature = _InputSignature(inputs)
+        args = (params, state, rng, inputs)
+        leaves, treedef = jax.tree.flatten(args)
         key = (
             bool(training),
             signature.key(),
-            jax.tree.structure(rng),
+            treedef,
             tuple((p.dtype.name, tuple(p.shape)) for p in params),
             tuple((s.dtype.name, tuple(s.shape)) for s in state),
         )
         cache = self._conversions.setdefault(program, {})
         fn = cache.get(key)
         if fn is None:
-            fn = _convert(program, bool(training), signature.polymorphic_shapes())
-            cache[key] = fn
-        outputs, new_state = fn(params, state, rng, inputs)
+            fn = _convert(
+                program,
+                bool(training),
+                signature.polymorphic_shapes(),
+                treedef,
+                _flat_specs(params, state, rng, signature.tensor_specs()),
+            )
+            try:
+                result = fn(*leaves)
+            except tf.errors.OpError:
+                raise  # the graph ran and failed: not a tracing problem
+            except Exception as error:  # noqa: BLE001 - retried with fixed shapes below
+                if not signature.fully_known:
+                    error.add_note(_POLYMORPHISM_HINT)
+                    raise
+                # The model cannot be traced with a symbolic batch dimension
+                # (e.g. Python code branching on it): convert per batch size.
+                cache[key] = _PER_SHAPE
+            else:
+                cache[key] = fn
+                return result[0], list(result[1])
+        if cache[key] is _PER_SHAPE:
+            if not signature.fully_known:
+                raise ValueError(
+                    f"JaxLayer: `call_fn` could not be converted with a symbolic "
+                    f"batch dimension, and these inputs have unknown dimensions "
+                    f"{signature.static_shapes}. {_POLYMORPHISM_HINT}"
+                )
+            shaped_key = key + (signature.static_shapes,)
+            fn = cache.get(shaped_key)
+            if fn is None:
+                fn = _convert(
+                    program,
+                    bool(training),
+                    None,
+                    treedef,
+                    _flat_specs(params, state, rng, signature.tensor_specs(static=True)),
+                )
+                cache[shaped_key] = fn
+        outputs, new_state = fn(*leaves)
         return outputs, list(new_state)
+
+
+_PER_SHAPE = object()
+
+_POLYMORPHISM_HINT = (
+    "jax2tf converts `call_fn` once for every batch size, with the batch (first) "
+    "dimension as a symbol, so `call_fn` must not depend on its concrete value "
+    "(use `x.shape[0]` only in shape arithmetic, not in Python `if`s), or the "
+    "inputs must have a fully known shape (a fixed batch size)."
+)
+
+
+def _flat_specs(params: list, state: list, rng: Any, input_specs: Any) -> list:
+    tf = _tf()
+    return jax.tree.leaves(
+        (
+            [tf.TensorSpec(p.shape, p.dtype) for p in params],
+            [tf.TensorSpec(s.shape, s.dtype) for s in state],
+            jax.tree.map(lambda _: tf.TensorSpec((2,), tf.uint32), rng),
+            input_specs,
+        )
+    )
 
 
 def _in_keras_symbolic_scope() -> bool:
@@ -169,12 +251,23 @@ def _in_keras_symbolic_scope() -> bool:
     return in_symbolic_scope()
 
 
-def _convert(program: Any, training: bool, input_shapes: Any) -> Callable:
+def _convert(
+    program: Any, training: bool, input_shapes: Any, treedef: Any, specs: list
+) -> Callable:
+    """The program converted by jax2tf, in a `tf.function` over the flat arguments.
+
+    The `tf.function`'s signature leaves the batch (and unknown) dimensions
+    open, so TensorFlow traces it, and jax2tf exports the JAX program, once.
+    """
     tf = _tf()
     from jax.experimental import jax2tf
 
+    # A weak reference: the bridge caches this function in a WeakKeyDictionary
+    # keyed by the program, which a strong reference here would keep alive.
+    program_ref = weakref.ref(program)
+
     def pure(params, state, rng, inputs):
-        return program(params, state, rng, inputs, training)
+        return program_ref()(params, state, rng, inputs, training)
 
     options: dict[str, Any] = {}
     platforms = getattr(program, "native_serialization_platforms", None)
@@ -186,5 +279,9 @@ def _convert(program: Any, training: bool, input_shapes: Any) -> Callable:
         with_gradient=True,
         **options,
     )
-    # Autograph must not rewrite the converted function's Python.
-    return tf.autograph.experimental.do_not_convert(functools.wraps(pure)(converted))
+
+    def flat_call(*leaves):
+        return converted(*jax.tree.unflatten(treedef, leaves))
+
+    # Autograph must not rewrite jax2tf's Python.
+    return tf.function(flat_call, input_signature=specs, autograph=False)

@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 setup: $(STAMP)
 
 demo: setup
-	$(VENV)/bin/jaxlayer demo
+	KERAS_BACKEND=jax $(VENV)/bin/jaxlayer demo
 
 # One pytest process per Keras backend (Keras reads KERAS_BACKEND once),
 # then Keras's NNX mode, then an environment with only keras + jax.

@@ -1,0 +1,246 @@
+"""The `jaxlayer` command: `jaxlayer demo | info | bench`.
+
+`demo` trains a small CNN on scikit-learn's digits with the chosen framework
+and Keras backend (see `jaxlayer.demo`); `info` lists versions, optional
+packages and JAX devices; `bench` runs the benchmarks of a source checkout.
+Keras reads KERAS_BACKEND once per process, so `demo --backend X` re-runs
+itself in a child process when the active backend differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.metadata
+import importlib.util
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+FRAMEWORK_CHOICES = ("jax", "haiku", "flax", "nnx", "equinox")
+BACKEND_CHOICES = ("jax", "tensorflow", "torch")
+_CHILD_ENV = "JAXLAYER_DEMO_CHILD"
+_RELOAD_CHECK = "_reload-check"  # hidden: used by the demo's fresh-process reload
+
+# (label, module, distributions that may provide it, pip extra)
+OPTIONAL_PACKAGES = (
+    (
+        "tensorflow",
+        "tensorflow",
+        ("tensorflow", "tensorflow-cpu", "tensorflow-macos"),
+        "tensorflow",
+    ),
+    ("torch", "torch", ("torch",), "torch"),
+    ("dm-haiku", "haiku", ("dm-haiku",), "haiku"),
+    ("flax", "flax", ("flax",), "flax"),
+    ("equinox", "equinox", ("equinox",), "equinox"),
+    ("scikit-learn", "sklearn", ("scikit-learn",), "demo"),
+    ("matplotlib", "matplotlib", ("matplotlib",), "demo"),
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jaxlayer",
+        description="JAX models as Keras 3 layers: demo, environment info, benchmarks.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="{demo,info,bench}")
+    commands.required = True
+    demo = commands.add_parser(
+        "demo",
+        help="train a small CNN on scikit-learn's digits, save it, reload it",
+        description="Train one framework's small CNN, wrapped in its jaxlayer layer, on "
+        "scikit-learn's 8x8 digits with model.fit; write model.keras, training.png and "
+        "metrics.json to --out; check the saved model reloads with identical predictions "
+        "in this process and in a fresh one. Exits non-zero if held-out accuracy is below "
+        "--min-accuracy or a reload differs.",
+    )
+    demo.add_argument(
+        "--framework", choices=FRAMEWORK_CHOICES, default="haiku", help="default: haiku"
+    )
+    demo.add_argument(
+        "--backend",
+        choices=BACKEND_CHOICES,
+        default="jax",
+        help="Keras backend (default: jax); a different one than the active backend runs "
+        "the demo in a child process with KERAS_BACKEND set",
+    )
+    demo.add_argument("--epochs", type=_positive_int, default=10, help="default: 10")
+    demo.add_argument("--out", default="demo-out", help="output directory (default: demo-out)")
+    demo.add_argument("--seed", type=int, default=0, help="default: 0")
+    demo.add_argument(
+        "--min-accuracy",
+        type=float,
+        default=0.95,
+        help="required held-out accuracy (default: 0.95)",
+    )
+    commands.add_parser("info", help="versions, optional packages, Keras backend, JAX devices")
+    commands.add_parser(
+        "bench",
+        help="run the benchmarks (from a source checkout); arguments go to benchmarks/run.py",
+    )
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, received {value}")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the `jaxlayer` command with `argv` (default: `sys.argv[1:]`); returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == [_RELOAD_CHECK]:
+        return _reload_check(argv[1:])
+    if argv[:1] == ["bench"]:
+        return _bench(argv[1:])
+    args = _parser().parse_args(argv)
+    if args.command == "info":
+        return _info()
+    return _demo(args)
+
+
+# ---------------------------------------------------------------------- demo
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from jaxlayer.demo import MissingDependency, check_requirements, run_demo
+
+    try:
+        # Before anything heavy, and before a child process: a missing package
+        # is one line with the pip extra, never a traceback.
+        check_requirements(args.framework, args.backend)
+        import keras
+
+        if keras.config.backend() != args.backend:
+            return _demo_in_child(args, keras.config.backend())
+        metrics = run_demo(
+            args.framework,
+            args.epochs,
+            args.out,
+            seed=args.seed,
+            min_accuracy=args.min_accuracy,
+        )
+    except MissingDependency as error:
+        print(f"jaxlayer demo: {error}", file=sys.stderr)
+        return 2
+    return 0 if metrics["passed"] else 1
+
+
+def _demo_in_child(args: argparse.Namespace, active: str) -> int:
+    if os.environ.get(_CHILD_ENV):
+        print(
+            f"jaxlayer demo: KERAS_BACKEND={args.backend} was set for this process but Keras "
+            f"started with the `{active}` backend; check ~/.keras/keras.json and KERAS_BACKEND.",
+            file=sys.stderr,
+        )
+        return 1
+    print(
+        f"Keras reads KERAS_BACKEND once per process (active: {active}); running the demo "
+        f"in a child process with KERAS_BACKEND={args.backend}.",
+        flush=True,
+    )
+    command = [
+        sys.executable, "-m", "jaxlayer.cli", "demo",
+        "--framework", args.framework,
+        "--backend", args.backend,
+        "--epochs", str(args.epochs),
+        "--out", args.out,
+        "--seed", str(args.seed),
+        "--min-accuracy", str(args.min_accuracy),
+    ]  # fmt: skip
+    env = dict(os.environ, KERAS_BACKEND=args.backend, **{_CHILD_ENV: "1"})
+    return subprocess.run(command, env=env).returncode
+
+
+def _reload_check(argv: list[str]) -> int:
+    from jaxlayer.demo._reload import reload_and_compare
+
+    model_path, data_path, framework = argv
+    identical, message = reload_and_compare(model_path, data_path, framework)
+    print(message)
+    return 0 if identical else 1
+
+
+# ---------------------------------------------------------------------- info
+
+
+def _distribution_version(distributions: Sequence[str]) -> str | None:
+    for name in distributions:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _importable(module: str) -> bool:
+    # find_spec locates the package without importing it (no TensorFlow/torch start-up).
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _info() -> int:
+    import jax
+    import keras
+
+    import jaxlayer
+
+    rows = [
+        ("jaxlayer", jaxlayer.__version__, "yes", "required"),
+        ("keras", keras.__version__, "yes", "required"),
+        ("jax", jax.__version__, "yes", "required"),
+        ("jaxlib", _distribution_version(("jaxlib",)) or "-", "yes", "required"),
+    ]
+    for label, module, distributions, extra in OPTIONAL_PACKAGES:
+        version = _distribution_version(distributions) or "-"
+        importable = "yes" if _importable(module) else "no"
+        rows.append((label, version, importable, f'pip install "jaxlayer[{extra}]"'))
+    print(f"Python {sys.version.split()[0]} ({sys.executable})")
+    print(f"{'package':<14}{'version':<18}{'importable':<12}install")
+    for label, version, importable, extra in rows:
+        print(f"{label:<14}{version:<18}{importable:<12}{extra}")
+    env_backend = os.environ.get("KERAS_BACKEND")
+    source = (
+        f"KERAS_BACKEND={env_backend}" if env_backend else "from ~/.keras/keras.json or the default"
+    )
+    print(f"Keras backend: {keras.config.backend()} ({source})")
+    devices = ", ".join(f"{d.platform}:{d.id} ({d.device_kind})" for d in jax.devices())
+    print(f"JAX devices: {devices} (default backend: {jax.default_backend()})")
+    return 0
+
+
+# --------------------------------------------------------------------- bench
+
+
+def _find_benchmarks() -> Path | None:
+    here = Path(__file__).resolve()
+    for root in (Path.cwd(), *here.parents):
+        if (root / "benchmarks" / "run.py").is_file():
+            return root
+    return None
+
+
+def _bench(argv: list[str]) -> int:
+    root = _find_benchmarks()
+    if root is None:
+        print(
+            "jaxlayer bench: the benchmarks are not installed with the package; run "
+            "`jaxlayer bench` (or `make bench`) from a source checkout of jaxlayer."
+        )
+        return 2
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    run = importlib.import_module("benchmarks.run")
+    result = run.main(argv)
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""`run_demo`: train one framework's digits CNN with `model.fit`, save, reload, report."""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from . import models
+from ._data import load_digits
+from ._deps import BACKEND_REQUIREMENTS, MATPLOTLIB, SKLEARN, check
+from ._reload import check_in_fresh_process, compare, predict
+from ._report import plot_history, write_metrics
+
+MODEL_FILE = "model.keras"
+PLOT_FILE = "training.png"
+METRICS_FILE = "metrics.json"
+
+
+def check_requirements(framework: str, backend: str) -> None:
+    """Raises `MissingDependency` (one line with the pip extra) before any work."""
+    check((SKLEARN, MATPLOTLIB, *models.load(framework).REQUIRES), f"the {framework} demo")
+    check(BACKEND_REQUIREMENTS.get(backend, ()), f"the demo on the Keras {backend} backend")
+
+
+def _epoch_timer():
+    import keras
+
+    class EpochTimer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seconds: list[float] = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds.append(time.perf_counter() - self._start)
+
+    return EpochTimer()
+
+
+def run_demo(
+    framework: str = "haiku",
+    epochs: int = 10,
+    out_dir: str | Path = "demo-out",
+    *,
+    seed: int = 0,
+    min_accuracy: float = 0.95,
+    batch_size: int = 16,
+    learning_rate: float = 3e-3,
+    fresh_process_check: bool = True,
+    stream: TextIO | None = None,
+) -> dict[str, Any]:
+    """Trains, evaluates, saves and reloads the demo model in the active Keras backend.
+
+    Args:
+        framework: `"jax"`, `"haiku"`, `"flax"`, `"nnx"` or `"equinox"`.
+        epochs: training epochs (`model.fit`, batch `batch_size`, Adam).
+        out_dir: where `model.keras`, `training.png` and `metrics.json` go.
+        seed: seeds the initial weights, the dropout keys and the data split.
+        min_accuracy: held-out accuracy the run must reach to pass.
+        batch_size: training batch size.
+        learning_rate: Adam's initial learning rate (cosine decay to 5%).
+        fresh_process_check: also reload the saved model in a new interpreter.
+        stream: where the summary is printed (default: stdout).
+
+    Returns:
+        The metrics written to `metrics.json`. `metrics["passed"]` is True when
+        held-out accuracy reaches `min_accuracy` and every reload gives
+        identical predictions.
+
+    Raises:
+        MissingDependency: an optional package is missing (one-line message
+            with the pip extra).
+    """
+    import keras
+
+    stream = stream or sys.stdout
+
+    def say(line: str = "") -> None:
+        print(line, file=stream, flush=True)
+
+    backend = keras.config.backend()
+    check_requirements(framework, backend)
+    model_module = models.load(framework)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model_path, plot_path, metrics_path = (
+        out_dir / MODEL_FILE,
+        out_dir / PLOT_FILE,
+        out_dir / METRICS_FILE,
+    )
+
+    # Python's `random` seeds Keras's global seed generator (used for the
+    # initial weights) when it is first created; NumPy's seeds fit's shuffling.
+    # (keras.utils.set_random_seed would also import TensorFlow when present.)
+    random.seed(seed)
+    np.random.seed(seed)
+    data = load_digits(seed=seed)
+    validation_split = 0.1
+    # As Keras splits: the last `validation_split` of the training arrays.
+    n_validation = len(data.x_train) - math.ceil(len(data.x_train) * (1 - validation_split))
+    steps_per_epoch = math.ceil((len(data.x_train) - n_validation) / batch_size)
+
+    model = keras.Sequential(
+        [keras.Input(data.x_train.shape[1:]), model_module.make_layer(seed)],
+        name=f"digits_{framework}",
+    )
+    model.compile(
+        # Cosine decay settles the weights in the last epochs, so the final
+        # accuracy does not depend on where the last noisy step landed.
+        optimizer=keras.optimizers.Adam(
+            keras.optimizers.schedules.CosineDecay(
+                learning_rate, decay_steps=epochs * steps_per_epoch, alpha=0.05
+            )
+        ),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
+    non_trainable = int(sum(np.prod(w.shape) for w in model.non_trainable_weights))
+
+    say(f"jaxlayer demo: {framework} on the Keras {backend} backend")
+    say(f"  model: {model_module.DESCRIPTION}")
+    say(f"  parameters: {trainable:,} trainable, {non_trainable:,} non-trainable")
+    say(
+        f"  data: scikit-learn digits (8x8), {len(data.x_train) - n_validation} train / "
+        f"{n_validation} validation / {len(data.x_test)} held-out"
+    )
+    timer = _epoch_timer()
+    history = model.fit(
+        data.x_train,
+        data.y_train,
+        epochs=epochs,
+        batch_size=batch_size,
+        validation_split=validation_split,
+        callbacks=[timer],
+        verbose=1,
+    ).history
+    history = {key: [float(v) for v in values] for key, values in history.items()}
+    test_loss, test_accuracy = (
+        float(v) for v in model.evaluate(data.x_test, data.y_test, verbose=0)
+    )
+
+    predictions = predict(model, data.x_test)
+    model.save(model_path)
+    reloaded = keras.models.load_model(model_path)
+    same_ok, same_message = compare(predictions, predict(reloaded, data.x_test))
+    if fresh_process_check:
+        fresh_ok, fresh_message = check_in_fresh_process(
+            model_path, data.x_test, predictions, backend, framework
+        )
+    else:
+        fresh_ok, fresh_message = None, "skipped"
+
+    title = f"jaxlayer demo: {framework} on Keras {backend}, held-out accuracy {test_accuracy:.3f}"
+    plot_history(history, plot_path, title)
+
+    accurate = test_accuracy >= min_accuracy
+    passed = accurate and same_ok and fresh_ok is not False
+    metrics = {
+        "framework": framework,
+        "backend": backend,
+        "model": model_module.DESCRIPTION,
+        "parameters": {"trainable": trainable, "non_trainable": non_trainable},
+        "data": {
+            "train": len(data.x_train) - n_validation,
+            "validation": n_validation,
+            "held_out": len(data.x_test),
+        },
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "seed": seed,
+        "history": history,
+        "epoch_seconds": timer.seconds,
+        "test_loss": test_loss,
+        "test_accuracy": test_accuracy,
+        "min_accuracy": min_accuracy,
+        "reload": {
+            "same_process_identical": same_ok,
+            "fresh_process_identical": fresh_ok,
+        },
+        "passed": passed,
+        "files": {"model": str(model_path), "plot": str(plot_path), "metrics": str(metrics_path)},
+        "versions": _versions(),
+    }
+    write_metrics(metrics, metrics_path)
+
+    seconds = timer.seconds
+    if len(seconds) > 1:
+        per_epoch = (
+            f"{np.mean(seconds[1:]):.2f} s (first epoch {seconds[0]:.2f} s, includes compilation)"
+        )
+    else:
+        per_epoch = f"{seconds[0]:.2f} s (includes compilation)" if seconds else "n/a"
+    mark = f"ok, >= {min_accuracy:.2f}" if accurate else f"BELOW the required {min_accuracy:.2f}"
+    say()
+    say("Summary")
+    say(f"  framework / backend        {framework} / {backend}")
+    say(f"  parameters                 {trainable:,} trainable, {non_trainable:,} non-trainable")
+    say(f"  time per epoch             {per_epoch}")
+    say(f"  held-out accuracy          {test_accuracy:.4f} on {len(data.x_test)} digits ({mark})")
+    say(f"  saved model                {model_path}")
+    say(f"  reload, same process       {same_message}")
+    say(f"  reload, fresh process      {fresh_message} (KERAS_BACKEND={backend})")
+    say(f"  training curves            {plot_path}")
+    say(f"  metrics                    {metrics_path}")
+    say("PASSED" if passed else "FAILED")
+    return metrics
+
+
+def _versions() -> dict[str, str]:
+    import jax
+    import keras
+
+    import jaxlayer
+
+    return {"jaxlayer": jaxlayer.__version__, "keras": keras.__version__, "jax": jax.__version__}

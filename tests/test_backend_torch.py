@@ -6,6 +6,7 @@ Every value is checked against a pure-JAX reference computed in the test.
 from __future__ import annotations
 
 import pytest
+
 from conftest import BACKEND, to_numpy, tree_allclose
 
 if BACKEND != "torch":
@@ -33,7 +34,10 @@ FEATURES = 5
 def mlp_init(rng, inputs):
     k1, k2 = jax.random.split(rng)
     return {
-        "dense": {"kernel": jax.random.normal(k1, (inputs.shape[-1], 8)) * 0.3, "bias": jnp.zeros(8)},
+        "dense": {
+            "kernel": jax.random.normal(k1, (inputs.shape[-1], 8)) * 0.3,
+            "bias": jnp.zeros(8),
+        },
         "out": {"kernel": jax.random.normal(k2, (8, 3)) * 0.3, "bias": jnp.full(3, 0.1)},
     }
 
@@ -136,7 +140,7 @@ def test_pytree_inputs_int_outputs_and_int_params():
     a = torch.tensor(a_np, requires_grad=True)
     b = torch.tensor(b_np)  # no gradient requested for this input
     out = layer({"a": a, "b": b})
-    assert out[0]["argmax"].dtype == torch.int64 or out[0]["argmax"].dtype == torch.int32
+    assert not out[0]["argmax"].is_floating_point()
     assert not out[0]["argmax"].requires_grad
     (loss_fn(out[0]["y"]) + out[1][0].sum()).backward()
 
@@ -225,6 +229,21 @@ def test_in_place_change_of_output_before_backward_raises():
         loss_fn(y).backward()
 
 
+def test_results_sharing_an_input_buffer_are_copied():
+    # `jax.jit` returns fresh buffers today; the guard covers a JAX that
+    # forwards an input buffer to an output or a residual.
+    from jaxlayer._backends.torch import _buffer_pointers, _unalias
+
+    source = torch.arange(4.0)
+    shared = jax.dlpack.from_dlpack(source)
+    other = jnp.ones(3)
+    out = _unalias({"a": shared, "b": other}, _buffer_pointers([shared]))
+    assert out["b"] is other
+    assert out["a"].unsafe_buffer_pointer() != source.data_ptr()
+    source.mul_(10.0)
+    np.testing.assert_array_equal(np.asarray(out["a"]), np.arange(4.0))
+
+
 def test_get_params_and_initial_params_are_copies():
     given = mlp_init(jax.random.key(0), jnp.ones((1, FEATURES)))
     given_np = jax.tree.map(np.array, given)
@@ -289,11 +308,19 @@ def test_bfloat16_crosses_in_both_directions():
     ref_gp, ref_gx = jax.grad(
         lambda p, x: loss_fn(mlp_apply(p, x).astype(jnp.float32)), argnums=(0, 1)
     )(params, x_bf16)
-    tree_allclose(y.float().detach(), mlp_apply(params, x_bf16).astype(jnp.float32))
-    as_f32 = lambda t: np.asarray(to_numpy(t.float()) if isinstance(t, torch.Tensor) else t, "float32")  # noqa: E731
+    # bf16 rounding depends on how XLA fuses the ops (jit vs eager reference).
+    expected = mlp_apply(params, x_bf16).astype(jnp.float32)
+    tree_allclose(y.float().detach(), expected, rtol=2e-2, atol=1e-2)
+    as_f32 = lambda t: np.asarray(
+        to_numpy(t.float()) if isinstance(t, torch.Tensor) else t, "float32"
+    )  # noqa: E731
     tree_allclose(as_f32(x.grad), np.asarray(ref_gx, "float32"), rtol=2e-2, atol=1e-2)
-    got = jax.tree.map(as_f32, layer._params_layout.rebuild([v.value.grad for v in layer._param_variables]))
-    tree_allclose(got, jax.tree.map(lambda g: np.asarray(g, "float32"), ref_gp), rtol=2e-2, atol=1e-2)
+    got = jax.tree.map(
+        as_f32, layer._params_layout.rebuild([v.value.grad for v in layer._param_variables])
+    )
+    tree_allclose(
+        got, jax.tree.map(lambda g: np.asarray(g, "float32"), ref_gp), rtol=2e-2, atol=1e-2
+    )
 
 
 # ---------------------------------------------------------- state and rng
@@ -315,7 +342,9 @@ def test_state_updates_in_training_only_and_gradients_flow():
     tree_allclose(layer.get_state(), ref_state)
     assert int(layer.get_state()["steps"]) == 1
     loss_fn(y).backward()
-    ref_gp = jax.grad(lambda p: loss_fn(stateful_call(p, state0, jnp.asarray(x_np), True)[0]))(params)
+    ref_gp = jax.grad(lambda p: loss_fn(stateful_call(p, state0, jnp.asarray(x_np), True)[0]))(
+        params
+    )
     tree_allclose(param_grads(layer), ref_gp)
     assert all(v.value.grad is None for v in layer.non_trainable_variables)
 
@@ -380,7 +409,9 @@ def test_fit_evaluate_predict_save_load_and_summary(tmp_path):
 
     predicted = model.predict(x_np, batch_size=8, verbose=0)
     expected, _ = stateful_call(layer.get_params(), layer.get_state(), jnp.asarray(x_np), False)
-    tree_allclose(predicted, expected)
+    # Looser than float32 exactness: on GPUs XLA's default float32 matmuls use
+    # TF32, which rounds the jitted and the eager reference differently.
+    tree_allclose(predicted, expected, rtol=2e-3, atol=1e-3)
 
     path = tmp_path / "model.keras"
     model.save(path)
@@ -402,7 +433,7 @@ def test_torch_compile_around_a_model_runs_or_falls_back():
     model = make_model()
     x = torch.from_numpy(data(seed=15))
     expected = to_numpy(model(x))
-    compiled = torch.compile(model, backend="aot_eager")
+    compiled = torch.compile(model)
     out = compiled(x)
     tree_allclose(out.detach(), expected)
     loss_fn(out).backward()

@@ -39,7 +39,102 @@ def _tensor_to_jax(tensor: torch.Tensor) -> jax.Array:
     tensor = tensor.detach()
     if not tensor.is_contiguous():
         tensor = tensor.contiguous()
+    if tensor.device.type == "cpu" and _CPU_IMPORT is not None:
+        array = _CPU_IMPORT(tensor)
+        if array is not None:
+            return array
     return jax.dlpack.from_dlpack(tensor)
+
+
+def _cpu_dlpack_import():
+    """A faster zero-copy import of CPU tensors, or None where it is unavailable.
+
+    `jax.dlpack.from_dlpack` spends most of its ~0.1 ms in Python around one
+    jaxlib call, several times per training step. That call is private, so it
+    is used only after a probe shows it returns a zero-copy array of the right
+    shape and dtype; any failure falls back to the public function. Dtypes
+    JAX would canonicalise (64-bit without x64) always take the public path.
+    """
+    try:
+        from jax._src.lib import _jax
+
+        convert = _jax.dlpack_managed_tensor_to_buffer
+        device = jax.devices("cpu")[0]
+        cpu = 1  # DLPack's kDLCPU
+
+        def import_cpu(tensor: torch.Tensor):
+            dtype = _TORCH_TO_NUMPY.get(tensor.dtype)
+            if dtype is None or jax.dtypes.canonicalize_dtype(dtype) != dtype:
+                return None
+            try:
+                return convert(tensor.__dlpack__(stream=None), device, None, None, cpu)
+            except Exception:  # noqa: BLE001 - the public path decides
+                return None
+
+        probe = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+        array = import_cpu(probe)
+        ok = (
+            isinstance(array, jax.Array)
+            and array.shape == (2, 3)
+            and array.dtype == jnp.float32
+            and array.unsafe_buffer_pointer() == probe.data_ptr()
+            and np.array_equal(np.asarray(array), probe.numpy())
+        )
+        return import_cpu if ok else None
+    except Exception:  # noqa: BLE001 - any other jaxlib: use the public path
+        return None
+
+
+_TORCH_TO_NUMPY = {
+    torch.float32: np.dtype("float32"),
+    torch.float64: np.dtype("float64"),
+    torch.float16: np.dtype("float16"),
+    torch.bfloat16: jnp.dtype("bfloat16"),
+    torch.int8: np.dtype("int8"),
+    torch.int16: np.dtype("int16"),
+    torch.int32: np.dtype("int32"),
+    torch.int64: np.dtype("int64"),
+    torch.uint8: np.dtype("uint8"),
+    torch.bool: np.dtype("bool"),
+}
+_CPU_IMPORT = _cpu_dlpack_import()
+
+
+def _cpu_dlpack_export():
+    """A faster zero-copy export of CPU JAX arrays, or None where unavailable.
+
+    Like `_cpu_dlpack_import`: skips the Python around one private jaxlib
+    call (`jax.Array.__dlpack__`), after a probe; falls back on any failure.
+    """
+    try:
+        from jax._src.lib import _jax
+
+        convert = _jax.buffer_to_dlpack_managed_tensor
+        only_cpu = {jax.devices("cpu")[0]}
+
+        def export_cpu(array: Any):
+            try:
+                if array.sharding.device_set != only_cpu:
+                    return None
+                return torch.utils.dlpack.from_dlpack(convert(array, stream=None))
+            except Exception:  # noqa: BLE001 - the public path decides
+                return None
+
+        probe = jax.device_put(np.arange(6, dtype=np.float32).reshape(2, 3), next(iter(only_cpu)))
+        tensor = export_cpu(probe)
+        ok = (
+            isinstance(tensor, torch.Tensor)
+            and tuple(tensor.shape) == (2, 3)
+            and tensor.dtype == torch.float32
+            and tensor.data_ptr() == probe.unsafe_buffer_pointer()
+            and np.array_equal(tensor.numpy(), np.asarray(probe))
+        )
+        return export_cpu if ok else None
+    except Exception:  # noqa: BLE001 - any other jaxlib: use the public path
+        return None
+
+
+_CPU_EXPORT = _cpu_dlpack_export()
 
 
 def _leaf_to_jax(value: Any) -> Any:
@@ -54,6 +149,10 @@ def _jax_to_tensor(array: Any) -> Any:
     """A JAX result as a torch tensor over the same buffer (no copy)."""
     if array is None:
         return None
+    if _CPU_EXPORT is not None:
+        tensor = _CPU_EXPORT(array)
+        if tensor is not None:
+            return tensor
     return torch.from_dlpack(array)
 
 
@@ -73,15 +172,13 @@ def _unalias(tree: Any, input_pointers: set) -> Any:
     Top-level `jax.jit` returns fresh buffers today, so this is normally a
     no-op; it keeps the bridge safe if JAX ever forwards inputs to outputs.
     """
-    if not input_pointers:
+    leaves, treedef = jax.tree.flatten(tree)
+    if not input_pointers or not _buffer_pointers(leaves) & input_pointers:
         return tree
-
-    def fresh(leaf):
-        if isinstance(leaf, jax.Array) and _buffer_pointers([leaf]) & input_pointers:
-            return jnp.copy(leaf)
-        return leaf
-
-    return jax.tree.map(fresh, tree)
+    fresh = [
+        jnp.copy(leaf) if _buffer_pointers([leaf]) & input_pointers else leaf for leaf in leaves
+    ]
+    return jax.tree.unflatten(treedef, fresh)
 
 
 def _seed_to_key(seed: Any) -> Any:
@@ -164,7 +261,11 @@ class _JaxFunction(torch.autograd.Function):
     `_Call`.
     """
 
+    # Neither pass can be traced by TorchDynamo (it would trace into JAX):
+    # `torch.compile` runs them eagerly, also when it compiles a training
+    # step whose `loss.backward()` reaches this function.
     @staticmethod
+    @torch.compiler.disable
     def forward(ctx, call: _Call, *tensors):
         flat = [_leaf_to_jax(t) for t in tensors]
         forward = _compiled_forward(call.program, call.training)
@@ -179,27 +280,36 @@ class _JaxFunction(torch.autograd.Function):
         call.new_state = [_jax_to_tensor(s) for s in new_state]
         ctx.pullback = pullback  # kept (not freed) so that retain_graph works
         ctx.mask = call.mask
+        ctx.is_float = is_float
         # Outputs are zero-copy views of JAX buffers: let torch's version
         # counter flag an in-place change made before backward.
         ctx.save_for_backward(*float_tensors)
         return tuple(float_tensors)
 
     @staticmethod
+    @torch.compiler.disable
     @torch.autograd.function.once_differentiable
     def backward(ctx, *grad_outputs):
         ctx.saved_tensors  # noqa: B018 - raises if an output was modified in place
-        cotangents = [_tensor_to_jax(g) for g in grad_outputs]
-        grads = _vjp_backward(ctx.pullback, cotangents)
+        grad_iter = iter(grad_outputs)
+        # Non-float outputs keep their None slot in the pullback's structure.
+        cotangents = [_tensor_to_jax(next(grad_iter)) if f else None for f in ctx.is_float]
+        grads = jax.block_until_ready(_vjp_backward(ctx.pullback, cotangents))
         grads = iter(_jax_to_tensor(g) for g in grads)
         return (None,) + tuple(next(grads) if needs else None for needs in ctx.mask)
 
 
 def _needs_grad(tensor: Any) -> bool:
-    return (
-        isinstance(tensor, torch.Tensor)
-        and tensor.requires_grad
-        and tensor.is_floating_point()
-    )
+    return isinstance(tensor, torch.Tensor) and tensor.requires_grad and tensor.is_floating_point()
+
+
+def _variables_device(params, state) -> torch.device:
+    for value in (*params, *state):
+        if isinstance(value, torch.Tensor):
+            return value.device
+    from keras.src.backend.torch.core import get_device
+
+    return torch.device(get_device())
 
 
 class TorchBridge(Bridge):
@@ -218,10 +328,25 @@ class TorchBridge(Bridge):
     def seed_to_key(self, seed: Any) -> jax.Array:
         return _seed_to_key(seed)
 
+    def adopt_variable(self, variable: Any) -> None:
+        # Keras's torch layers register variables in a `torch.nn.ParameterDict`
+        # keyed by `variable.path`, and torch refuses keys with dots, which
+        # PyTree names (`dense.kernel`) have. Keras names cannot contain `/`,
+        # so mapping the dots to `/` keeps paths unique; the name is unchanged.
+        variable._path = variable.path.replace(".", "/")
+
     @torch.compiler.disable
     def run(self, program, params, state, rng, inputs, training):
         keys = jax.tree.map(_seed_to_key, rng)
         input_leaves, inputs_treedef = jax.tree.flatten(inputs)
+        device = _variables_device(params, state)
+        # JAX runs one computation on one device: inputs go where Keras keeps
+        # the variables (a differentiable move, so gradients flow back).
+        input_leaves = [
+            leaf.to(device) if isinstance(leaf, torch.Tensor) and leaf.device != device else leaf
+            for leaf in input_leaves
+        ]
+        inputs = jax.tree.unflatten(inputs_treedef, input_leaves)
         tensors = list(params) + list(state) + input_leaves
         num_params, num_state = len(params), len(state)
         # State is never differentiated; params and inputs are where torch asks.

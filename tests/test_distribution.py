@@ -29,7 +29,8 @@ if BACKEND != "jax":
         allow_module_level=True,
     )
 
-pytestmark = pytest.mark.slow
+# Also run with KERAS_NNX_ENABLED=true (the subprocess inherits the variable).
+pytestmark = [pytest.mark.slow, pytest.mark.nnx_mode]
 
 SCRIPT = Path(__file__).parent / "distribution_scripts" / "train_distributed.py"
 NUM_DEVICES = 8
@@ -190,3 +191,66 @@ def test_model_parallel_fit_trains_and_matches_the_unsharded_run(build_from):
     assert_trees_close(sharded["final_state"], single["final_state"])
     np.testing.assert_allclose(sharded["losses"], single["losses"], rtol=1e-5)
     assert sharded["final_state"]["running"]["steps"] == 4
+
+
+# -------------------------------------------------------------------- adapters
+
+# Per adapter: the sharding spec each variable must get from the LayoutMap in
+# `train_distributed.py` (regexes over each framework's own parameter names).
+ADAPTER_EXPECTED = {
+    "flax_linen": {
+        "params.Dense_0.kernel": [None, "model"],
+        "params.Dense_0.bias": ["model"],
+        "params.Dense_1.kernel": ["model", None],
+        "params.Dense_1.bias": [None],
+    },
+    "nnx": {
+        "hidden.kernel": [None, "model"],
+        "hidden.bias": ["model"],
+        "out.kernel": ["model", None],
+        "out.bias": [None],
+    },
+    "haiku": {
+        "mlp.~.linear_0.w": [None, "model"],
+        "mlp.~.linear_0.b": ["model"],
+        "mlp.~.linear_1.w": ["model", None],
+        "mlp.~.linear_1.b": [None],
+    },
+    "equinox": {
+        "layers.0.weight": ["model", None],
+        "layers.0.bias": ["model"],
+        "layers.1.weight": [None, "model"],
+        "layers.1.bias": [None],
+    },
+}
+
+
+def adapter_report(name: str) -> dict:
+    report = run_scenario("adapters")["adapters"]
+    if name not in report:
+        pytest.skip(f"the framework behind the {name} adapter is not installed")
+    return report[name]
+
+
+@pytest.mark.parametrize("adapter", sorted(ADAPTER_EXPECTED))
+def test_adapter_variables_get_the_layouts_their_names_ask_for(adapter):
+    run = adapter_report(adapter)["distributed"]
+    for stage in ("created", "after_set_params", "after_fit"):
+        got = {name: s["spec"] for name, s in run[stage].items()}
+        assert got == ADAPTER_EXPECTED[adapter], stage
+        assert all(s["mesh"] == MESH for s in run[stage].values())
+
+
+@pytest.mark.parametrize("adapter", sorted(ADAPTER_EXPECTED))
+def test_adapter_model_parallel_fit_matches_the_unsharded_run(adapter):
+    report = adapter_report(adapter)
+    sharded, single = report["distributed"], report["single_device"]
+    assert all(s["devices"] == 1 for s in single["created"].values())
+    assert set(sharded["final"]) == set(ADAPTER_EXPECTED[adapter])
+    for name in sharded["final"]:
+        trained = np.asarray(sharded["final"][name])
+        assert np.abs(trained - np.asarray(report["initial"][name])).max() > 1e-3, name
+        np.testing.assert_allclose(
+            trained, np.asarray(single["final"][name]), rtol=1e-5, atol=1e-6, err_msg=name
+        )
+    np.testing.assert_allclose(sharded["losses"], single["losses"], rtol=1e-5)

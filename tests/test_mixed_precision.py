@@ -13,9 +13,11 @@ import jax.numpy as jnp
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND, to_numpy
 
+from conftest import BACKEND, to_numpy
 from jaxlayer import JaxLayer
+
+pytestmark = pytest.mark.nnx_mode  # also run with KERAS_NNX_ENABLED=true
 
 MIXED = ["mixed_float16", "mixed_bfloat16"]
 ALL_POLICIES = ["float32", "mixed_float16", "mixed_bfloat16", "float16", "bfloat16"]
@@ -75,7 +77,10 @@ def make_layer(seen: dict, **kwargs) -> JaxLayer:
 
 
 def batch():
-    return {"x": np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], "float32"), "ids": np.array([3, 4], "int32")}
+    return {
+        "x": np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], "float32"),
+        "ids": np.array([3, 4], "int32"),
+    }
 
 
 def expected_outputs():
@@ -154,6 +159,7 @@ def test_init_fn_sees_inputs_in_the_compute_dtype_and_params_are_stored_float32(
     np.testing.assert_allclose(to_numpy(outputs).astype("float32"), np.full((2, 2), 3.0))
 
 
+@pytest.mark.needs_training  # training=True calls; the numpy backend refuses them
 @pytest.mark.parametrize("policy", MIXED)
 def test_state_keeps_float32_when_written_back(policy):
     layer = make_layer({}, dtype=policy)
@@ -176,7 +182,7 @@ def test_state_keeps_float32_when_written_back(policy):
 def test_integer_and_bool_leaves_never_change_dtype(policy):
     seen = {}
     layer = make_layer(seen, dtype=policy)
-    layer(batch(), training=True)
+    layer(batch())
     variable_dtype = keras.dtype_policies.get(policy).variable_dtype
     compute = keras.dtype_policies.get(policy).compute_dtype
     stored = stored_dtypes(layer)
@@ -199,6 +205,11 @@ def test_integer_and_bool_leaves_never_change_dtype(policy):
     BACKEND != "jax",
     reason="keras.layers.JaxLayer runs on the JAX and TensorFlow backends only; the "
     "comparison is made once, on JAX",
+)
+@pytest.mark.skipif(
+    keras.config.is_nnx_enabled(),
+    reason="keras.layers.JaxLayer itself fails in NNX mode (its `jax.tree` over NNX "
+    "variables hands arrays to code expecting variables: AttributeError `.value`)",
 )
 def test_keras_jax_layer_downcasts_state_where_ours_does_not():
     # A BatchNorm-style running mean starting at 1.0 and moved by 1e-3 per
@@ -239,7 +250,10 @@ TRAIN_Y = np.stack([np.sin(TRAIN_X[:, 0]), TRAIN_X[:, 1] * TRAIN_X[:, 2]], axis=
 def mlp_params():
     rs = np.random.RandomState(1)
     return {
-        "dense": {"kernel": (rs.randn(4, 8) * 0.5).astype("float32"), "bias": np.zeros(8, "float32")},
+        "dense": {
+            "kernel": (rs.randn(4, 8) * 0.5).astype("float32"),
+            "bias": np.zeros(8, "float32"),
+        },
         "out": {"kernel": (rs.randn(8, 2) * 0.5).astype("float32"), "bias": np.zeros(2, "float32")},
     }
 
@@ -302,9 +316,7 @@ def test_loss_scaling_reaches_the_wrapped_models_gradients():
     # A large learning rate makes the tiny gradients visible in the weights.
     reference = run("float32", keras.optimizers.SGD(1e5))
     unscaled = run("mixed_float16", keras.optimizers.SGD(1e5), auto_scale_loss=False)
-    scaled = run(
-        "mixed_float16", keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(1e5))
-    )
+    scaled = run("mixed_float16", keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(1e5)))
     assert max_difference(reference, initial) > 1e-4
     # Without loss scaling the float16 gradients underflow to zero: no update.
     assert max_difference(unscaled, initial) == 0.0

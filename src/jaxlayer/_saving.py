@@ -9,7 +9,8 @@ variables without calling `init_fn` and without the original `params`.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import keras
 import numpy as np

@@ -9,7 +9,8 @@ Haiku's transformed functions do) work unchanged.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 CALL_FN_ARGUMENTS = ("params", "state", "rng", "inputs", "training")
 INIT_FN_ARGUMENTS = ("rng", "inputs", "training")

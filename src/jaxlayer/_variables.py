@@ -9,7 +9,8 @@ static (None, strings, Python scalars, ...; handed to `call_fn` unchanged).
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -31,7 +32,8 @@ def is_array_leaf(leaf: Any) -> bool:
     except TypeError:
         # Backend dtypes (tf.DType, torch.dtype) are numeric when they get here.
         return True
-    return kind in "biufc"
+    # bfloat16 and the float8 types (ml_dtypes) have NumPy kind "V".
+    return kind in "biufc" or jax.numpy.issubdtype(np.dtype(dtype), jax.numpy.floating)
 
 
 def _key_text(key: Any) -> str:

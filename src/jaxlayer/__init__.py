@@ -8,4 +8,15 @@ from ._layer import JaxLayer as JaxLayer
 
 __version__ = "0.1.0"
 
-__all__ = ["JaxLayer", "__version__"]
+_ADAPTERS = ("FlaxLayer", "NnxLayer", "HaikuLayer", "EquinoxLayer")
+
+__all__ = ["JaxLayer", *_ADAPTERS, "__version__"]
+
+
+def __getattr__(name: str):
+    # Adapters load on first access, so `import jaxlayer` imports no framework.
+    if name in _ADAPTERS:
+        from . import adapters
+
+        return getattr(adapters, name)
+    raise AttributeError(f"module `jaxlayer` has no attribute `{name}`")

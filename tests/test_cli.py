@@ -254,6 +254,8 @@ def test_bench_outside_a_checkout_prints_one_line(monkeypatch, capsys):
 
 def test_bench_runs_benchmarks_run_main_with_the_arguments(monkeypatch, tmp_path):
     (tmp_path / "benchmarks").mkdir()
+    # A regular package, so it wins over the real checkout's `benchmarks`.
+    (tmp_path / "benchmarks" / "__init__.py").write_text("")
     (tmp_path / "benchmarks" / "run.py").write_text(
         "RECEIVED = []\ndef main(argv):\n    RECEIVED.append(list(argv))\n    return 3\n"
     )

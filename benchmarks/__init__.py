@@ -1,0 +1,1 @@
+"""Side-by-side performance measurements of jaxlayer (run `python -m benchmarks.run`)."""

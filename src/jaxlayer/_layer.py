@@ -16,7 +16,8 @@ import keras
 import numpy as np
 
 from ._backends import get_bridge
-from ._program import AbstractInput, Program, placeholders
+from ._eager import keras_would_only_call
+from ._program import AbstractInput, Program, is_shape, placeholders, shape_tree_from_keras
 from ._saving import (
     UnencodableTree,
     decode_tree,
@@ -277,7 +278,11 @@ class JaxLayer(keras.layers.Layer):
             return False
         if not isinstance(kwargs.get("training", False), bool):
             return False
-        return self._bridge.is_eager_tensor(inputs) and _keras_would_only_call(self, inputs)
+        return (
+            self._bridge.is_eager_tensor(inputs)
+            and type(self).call is JaxLayer.call
+            and keras_would_only_call(self, inputs)
+        )
 
     def _build_for_inputs(self, inputs: Any) -> None:
         def shape_of(x):
@@ -309,15 +314,15 @@ class JaxLayer(keras.layers.Layer):
                 f"JaxLayer `{self.name}` has no `init_fn` to build its variables. "
                 f"Pass `init_fn=` or the initial `params=`/`state=`."
             )
-        shapes = _shape_tree_from_keras(input_shape)
+        shapes = shape_tree_from_keras(input_shape)
         dtypes = self._pending_input_dtypes
         if dtypes is None:
-            dtypes = jax.tree.map(lambda _: self.compute_dtype, shapes, is_leaf=_is_shape)
+            dtypes = jax.tree.map(lambda _: self.compute_dtype, shapes, is_leaf=is_shape)
         abstract = jax.tree.map(
             lambda shape, dtype: AbstractInput(shape, self._input_dtype_for(dtype)),
             shapes,
             dtypes,
-            is_leaf=_is_shape,
+            is_leaf=is_shape,
         )
         self._create_variables(None, None, handover=list(self._run_init_fn(placeholders(abstract))))
         self._set_untracked("_input_dtypes", jax.tree.map(lambda a: a.dtype.name, abstract, is_leaf=lambda x: isinstance(x, AbstractInput)))
@@ -450,11 +455,11 @@ class JaxLayer(keras.layers.Layer):
         >>> layer.get_params()
         {'w': Array(2., dtype=float32)}
         """
-        return self._params_layout.rebuild([self._bridge.to_jax(v.value) for v in self._param_variables])
+        return self._params_layout.rebuild([self._bridge.variable_to_jax(v) for v in self._param_variables])
 
     def get_state(self) -> Any:
         """The current `state` as a PyTree of JAX arrays."""
-        return self._state_layout.rebuild([self._bridge.to_jax(v.value) for v in self._state_variables])
+        return self._state_layout.rebuild([self._bridge.variable_to_jax(v) for v in self._state_variables])
 
     def set_params(self, params: Any) -> None:
         """Loads `params` (same structure, shapes and dtypes) into the variables.
@@ -562,64 +567,8 @@ class JaxLayer(keras.layers.Layer):
             self._set_untracked("_pending_input_dtypes", None)
 
 
-def _keras_would_only_call(layer: JaxLayer, inputs: Any) -> bool:
-    """True when Keras's `Layer.__call__` has nothing to do but call `call`.
-
-    No input conversion, mask, input spec, outer layer call (training flag,
-    losses), autocast or distribution scope, stateless/symbolic trace,
-    regularizer, remat or quantization; `call` not overridden.
-    """
-    try:
-        from keras.src.backend.common import global_state
-        from keras.src.backend.common.stateless_scope import in_stateless_scope
-        from keras.src.backend.common.symbolic_scope import in_symbolic_scope
-        from keras.src.backend.common.variables import get_autocast_scope
-    except ImportError:  # pragma: no cover - other Keras layouts: always the full path
-        return False
-    return (
-        type(layer).call is JaxLayer.call
-        and layer.input_spec is None
-        and layer.activity_regularizer is None
-        and not getattr(layer, "_remat_mode", None)
-        and getattr(layer, "quantization_mode", None) is None
-        and not layer._losses
-        and layer.compute_dtype == layer.variable_dtype
-        and keras.backend.standardize_dtype(inputs.dtype) == layer.input_dtype
-        and getattr(inputs, "_keras_mask", None) is None
-        and global_state.get_global_attribute("current_call_ctx") is None
-        and global_state.get_global_attribute("distribution") is None
-        and get_autocast_scope() is None
-        and not in_stateless_scope()
-        and not in_symbolic_scope()
-    )
-
-
 def _released_one_by_one(leaves: list):
     """Yields the leaves, dropping the list's reference to each as it is taken."""
     for index in range(len(leaves)):
         leaf, leaves[index] = leaves[index], None
         yield leaf
-
-
-def _is_shape(x: Any) -> bool:
-    return isinstance(x, tuple) and all(d is None or isinstance(d, int) for d in x)
-
-
-def _shape_tree_from_keras(input_shape: Any) -> Any:
-    """Normalises Keras's shape structures (lists of ints, TrackedList...) to tuples."""
-    if input_shape is None:
-        raise ValueError("JaxLayer.build needs an input shape.")
-    if _is_shape_like(input_shape):
-        return tuple(None if d is None else int(d) for d in input_shape)
-    if isinstance(input_shape, dict):
-        return {k: _shape_tree_from_keras(v) for k, v in input_shape.items()}
-    if isinstance(input_shape, (list, tuple)):
-        converted = [_shape_tree_from_keras(v) for v in input_shape]
-        if hasattr(input_shape, "_fields"):
-            return type(input_shape)(*converted)
-        return type(input_shape)(converted) if isinstance(input_shape, tuple) else converted
-    raise ValueError(f"Cannot read an input shape from {input_shape!r}.")
-
-
-def _is_shape_like(x: Any) -> bool:
-    return isinstance(x, (list, tuple)) and all(d is None or isinstance(d, (int, np.integer)) for d in x)

@@ -200,3 +200,27 @@ def placeholders(inputs: Any) -> Any:
         return jnp.ones(tuple(1 if d is None else d for d in leaf.shape), dtype=leaf.dtype)
 
     return jax.tree.map(make, inputs, is_leaf=_is_abstract)
+
+
+def is_shape(x: Any) -> bool:
+    return isinstance(x, tuple) and all(d is None or isinstance(d, int) for d in x)
+
+
+def shape_tree_from_keras(input_shape: Any) -> Any:
+    """Normalises Keras's shape structures (lists of ints, TrackedList...) to tuples."""
+    if input_shape is None:
+        raise ValueError("JaxLayer.build needs an input shape.")
+    if _is_shape_like(input_shape):
+        return tuple(None if d is None else int(d) for d in input_shape)
+    if isinstance(input_shape, dict):
+        return {k: shape_tree_from_keras(v) for k, v in input_shape.items()}
+    if isinstance(input_shape, (list, tuple)):
+        converted = [shape_tree_from_keras(v) for v in input_shape]
+        if hasattr(input_shape, "_fields"):
+            return type(input_shape)(*converted)
+        return type(input_shape)(converted) if isinstance(input_shape, tuple) else converted
+    raise ValueError(f"Cannot read an input shape from {input_shape!r}.")
+
+
+def _is_shape_like(x: Any) -> bool:
+    return isinstance(x, (list, tuple)) and all(d is None or isinstance(d, (int, np.integer)) for d in x)

@@ -224,3 +224,135 @@ def test_conversions_are_released_with_the_layer():
     del layer
     gc.collect()
     assert program() is None
+
+
+def centering_call(params, inputs):
+    """Per-example model under `vmap` with a batch mean (`pmean`, as BatchNorm does).
+
+    jax2tf cannot trace `pmean` over a vmapped axis of symbolic size
+    (`InconclusiveDimensionOperation`): it needs a concrete batch size.
+    """
+
+    def single(x):
+        h = x @ params["w"] + params["b"]
+        return h - jax.lax.pmean(h, "batch")
+
+    return jax.vmap(single, axis_name="batch")(inputs)
+
+
+def centering_reference(params, inputs):
+    h = inputs @ params["w"] + params["b"]
+    return h - h.mean(axis=0)
+
+
+def _sgd_reference(params, x, y, batch_size, lr):
+    def loss(params, xb, yb):
+        return jnp.mean((centering_reference(params, xb) - yb) ** 2)
+
+    for start in range(0, len(x), batch_size):
+        grads = jax.grad(loss)(params, x[start : start + batch_size], y[start : start + batch_size])
+        params = jax.tree.map(lambda p, g: p - lr * g, params, grads)
+    return params
+
+
+def test_batch_mean_model_falls_back_to_concrete_shapes_eager_and_fixed_graph():
+    layer = JaxLayer(centering_call, linear_init)
+    for n in (5, 2):  # eager: converted per batch size
+        x = _data(n)[0]
+        out = layer(x, training=True)
+        expected = centering_reference(layer.get_params(), x)
+        np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+    spec = tf.TensorSpec((3, 4), tf.float32)  # graph, fully known shape
+    graph_call = tf.function(lambda x: layer(x, training=True), input_signature=[spec])
+    x = _data(3)[0]
+    np.testing.assert_allclose(
+        graph_call(x), centering_reference(layer.get_params(), x), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_batch_mean_model_with_unknown_batch_in_graph_raises_clear_error():
+    x, y = _data(10)
+    layer = JaxLayer(centering_call, linear_init)
+    model = keras.Sequential([keras.Input((4,)), layer])
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    # 10 samples in batches of 4: the last batch is partial, so Keras traces
+    # with an unknown batch size.
+    with pytest.raises(ValueError, match=r"symbolic batch.*unknown.*drop_remainder"):
+        model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    graph_call = tf.function(
+        lambda x: layer(x), input_signature=[tf.TensorSpec((None, 4), tf.float32)]
+    )
+    with pytest.raises(ValueError, match=r"run_eagerly=True"):
+        graph_call(x)
+
+
+@pytest.mark.parametrize("mode", ["drop_remainder", "run_eagerly"])
+def test_batch_mean_model_trains_with_the_documented_fixes(mode):
+    x, y = _data(10)
+    layer = JaxLayer(centering_call, linear_init)
+    model = keras.Sequential([keras.Input((4,)), layer])
+    model.compile(keras.optimizers.SGD(0.1), "mse", run_eagerly=mode == "run_eagerly")
+    initial = layer.get_params()
+    if mode == "drop_remainder":
+        data = tf.data.Dataset.from_tensor_slices((x, y)).batch(4, drop_remainder=True)
+        model.fit(data, epochs=1, shuffle=False, verbose=0)
+        expected = _sgd_reference(initial, x[:8], y[:8], 4, 0.1)
+    else:
+        model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)  # 4 + 4 + 2
+        expected = _sgd_reference(initial, x, y, 4, 0.1)
+    for name in ("w", "b"):
+        np.testing.assert_allclose(layer.get_params()[name], expected[name], rtol=1e-4, atol=1e-5)
+
+
+def test_reshape_by_half_batch_falls_back_or_raises_clearly():
+    def call_fn(params, inputs):
+        h = linear_call(params, inputs)
+        return jnp.reshape(h, (h.shape[0] // 2, -1))  # symbolic shapes cannot do this
+
+    layer = JaxLayer(call_fn, linear_init)
+    x = _data(6)[0]
+    out = layer(x)
+    np.testing.assert_allclose(
+        out, linear_call(layer.get_params(), x).reshape(3, 6), rtol=1e-5, atol=1e-6
+    )
+    graph_call = tf.function(lambda x: layer(x), input_signature=[tf.TensorSpec((None, 4))])
+    with pytest.raises(ValueError, match=r"unknown dimensions.*fixed|same size"):
+        graph_call(x)
+
+
+@jax.custom_vjp
+def _mean_scaled(x):
+    return x
+
+
+def _mean_scaled_fwd(x):
+    return x, None
+
+
+def _mean_scaled_bwd(_, g):
+    return (g / float(g.shape[0]),)  # a backward pass that needs a concrete batch size
+
+
+_mean_scaled.defvjp(_mean_scaled_fwd, _mean_scaled_bwd)
+
+
+def test_gradient_needing_a_concrete_batch_size_falls_back_to_fixed_shapes():
+    def call_fn(params, inputs):
+        return _mean_scaled(linear_call(params, inputs))
+
+    layer = JaxLayer(call_fn, linear_init)
+    x = _data(4)[0]
+    layer(x)
+    params = layer.get_params()
+
+    @tf.function(input_signature=[tf.TensorSpec((4, 4), tf.float32)])
+    def grads(x):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer(x, training=True))
+        return tape.gradient(loss, layer.trainable_weights)
+
+    got = grads(x)
+    expected = jax.grad(lambda p: jnp.sum(call_fn(p, x)))(params)
+    for variable, value in zip(layer.trainable_weights, got, strict=True):
+        name = variable.path.split("/")[-1]
+        np.testing.assert_allclose(value, expected[name], rtol=1e-5, atol=1e-6)

@@ -450,3 +450,53 @@ def test_fit_with_jit_compile_uses_torch_compile_without_crashing():
     history = model.fit(x_np, y_np, batch_size=8, epochs=2, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
     assert history.history["loss"][-1] < history.history["loss"][0]
+
+
+# A raw PRNG key and a counter held as uint32 state, with the high bits set
+# (Keras-torch stores uint32 variables as int64).
+KEY = np.array([0xFFFFFFF0, 0x80000001], np.uint32)
+
+
+def uint32_state_init(rng, inputs):
+    state = {"key": jnp.asarray(KEY), "count": jnp.asarray(0xFFFFFFFE, jnp.uint32)}
+    return mlp_init(rng, inputs), state
+
+
+def uint32_state_call(params, state, inputs, training):
+    outputs = mlp_apply(params, inputs)
+    if not training:
+        return outputs, state
+    key, noise_key = jax.random.split(state["key"])
+    outputs = outputs + 0.1 * jax.random.normal(noise_key, outputs.shape)
+    return outputs, {"key": key, "count": state["count"] + 1}
+
+
+def test_uint32_state_round_trips_exactly_through_calls_and_fit():
+    x = np.linspace(-1, 1, 4 * FEATURES, dtype="float32").reshape(4, FEATURES)
+    layer = JaxLayer(uint32_state_call, uint32_state_init, seed=0)
+    model = keras.Sequential([keras.Input((FEATURES,)), layer])
+    model.predict(x, verbose=0)  # inference, no gradients: the state is unchanged
+    state = layer.get_state()
+    assert state["key"].dtype == jnp.uint32 and state["count"].dtype == jnp.uint32
+    np.testing.assert_array_equal(state["key"], KEY)
+    assert int(state["count"]) == 0xFFFFFFFE
+
+    params = layer.get_params()
+    out = layer(torch.from_numpy(x), training=True)  # gradient path (params require grad)
+    key, noise_key = jax.random.split(jnp.asarray(KEY))
+    expected = mlp_apply(params, x) + 0.1 * jax.random.normal(noise_key, (4, 3))
+    np.testing.assert_allclose(to_numpy(out), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(layer.get_state()["key"], key)
+    assert int(layer.get_state()["count"]) == 0xFFFFFFFF
+
+    model.compile(keras.optimizers.SGD(0.01), "mse")
+    model.fit(x, np.zeros((4, 3), "float32"), batch_size=2, epochs=1, verbose=0)  # 2 steps
+    for _ in range(2):
+        key, _ = jax.random.split(key)
+    state = layer.get_state()
+    np.testing.assert_array_equal(state["key"], key)
+    assert state["count"].dtype == jnp.uint32 and int(state["count"]) == 1  # wrapped around
+
+    layer.set_state({"key": jnp.asarray(KEY), "count": jnp.asarray(7, jnp.uint32)})
+    np.testing.assert_array_equal(layer.get_state()["key"], KEY)
+    assert int(layer.get_state()["count"]) == 7

@@ -398,6 +398,52 @@ def test_fit_trains_every_kind_of_variable():
         assert not np.allclose(old, new)
 
 
+# A raw PRNG key and a counter as uint32 state, high bits set (Keras-torch
+# stores uint32 variables as int64: the bridge must round-trip them exactly).
+UINT32_KEY = np.array([0xFFFFFFF0, 0x80000001], np.uint32)
+
+
+@register
+def uint32_state_init(rng, inputs):
+    state = {"key": jnp.asarray(UINT32_KEY), "count": jnp.asarray(0xFFFFFFFE, jnp.uint32)}
+    return mlp_init(rng, inputs), state
+
+
+@register
+def uint32_state_call(params, state, inputs, training):
+    outputs = mlp_apply(params, inputs)
+    if not training:
+        return outputs, state
+    key, noise_key = jax.random.split(state["key"])
+    outputs = outputs + 0.1 * jax.random.normal(noise_key, outputs.shape)
+    return outputs, {"key": key, "count": state["count"] + 1}
+
+
+def test_uint32_state_keeps_its_dtype_and_bits_in_inference():
+    layer = JaxLayer(uint32_state_call, uint32_state_init)
+    model = keras.Sequential([keras.Input((4,)), layer])
+    x = data(5, 4)
+    tree_allclose(model.predict(x, verbose=0), mlp_apply(layer.get_params(), x), RTOL, ATOL)
+    state = layer.get_state()
+    assert state["key"].dtype == jnp.uint32 and state["count"].dtype == jnp.uint32
+    np.testing.assert_array_equal(state["key"], UINT32_KEY)
+    assert int(state["count"]) == 0xFFFFFFFE
+
+
+@pytest.mark.needs_training
+def test_uint32_key_in_state_is_split_and_written_back_each_training_step():
+    layer = JaxLayer(uint32_state_call, uint32_state_init)
+    model = keras.Sequential([keras.Input((4,)), layer])
+    model.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE), loss="mse")
+    model.fit(data(4, 4), data(4, 3, seed=1), batch_size=2, epochs=1, verbose=0)  # 2 steps
+    key = jnp.asarray(UINT32_KEY)
+    for _ in range(2):
+        key, _ = jax.random.split(key)
+    state = layer.get_state()
+    np.testing.assert_array_equal(state["key"], key)
+    assert state["count"].dtype == jnp.uint32 and int(state["count"]) == 0  # wrapped around
+
+
 # ---------------------------------------------------------------- saving
 
 

@@ -26,6 +26,10 @@ class Bridge:
         """Eagerly converts one backend tensor or NumPy array to a JAX array."""
         return jax.numpy.asarray(np.asarray(value))
 
+    def variable_to_jax(self, variable: Any) -> jax.Array:
+        """A Keras variable's value as a JAX array of the variable's dtype (a copy)."""
+        return self.to_jax(variable.value)
+
     def from_jax(self, array: Any) -> Any:
         """Converts a JAX array to a value `add_weight(initializer=...)` accepts."""
         return np.asarray(array)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from .base import Bridge
@@ -190,22 +191,20 @@ class TensorflowBridge(Bridge):
             except tf.errors.OpError:
                 raise  # the graph ran and failed: not a tracing problem
             except Exception as error:  # noqa: BLE001 - retried with fixed shapes below
-                if not signature.fully_known:
-                    error.add_note(_POLYMORPHISM_HINT)
-                    raise
                 # The model cannot be traced with a symbolic batch dimension
-                # (e.g. Python code branching on it): convert per batch size.
+                # (e.g. Python code branching on it, or `lax.pmean` over a
+                # vmapped axis): convert it per concrete input shape instead.
                 cache[key] = _PER_SHAPE
+                if not signature.fully_known:
+                    if not _is_shape_polymorphism_error(error):
+                        raise  # a bug in `call_fn` itself, whatever the shapes
+                    raise ValueError(_unknown_shape_message(signature, error)) from error
             else:
                 cache[key] = fn
                 return result[0], list(result[1])
         if cache[key] is _PER_SHAPE:
             if not signature.fully_known:
-                raise ValueError(
-                    f"JaxLayer: `call_fn` could not be converted with a symbolic "
-                    f"batch dimension, and these inputs have unknown dimensions "
-                    f"{signature.static_shapes}. {_POLYMORPHISM_HINT}"
-                )
+                raise ValueError(_unknown_shape_message(signature, None))
             shaped_key = key + (signature.static_shapes,)
             fn = cache.get(shaped_key)
             if fn is None:
@@ -223,12 +222,40 @@ class TensorflowBridge(Bridge):
 
 _PER_SHAPE = object()
 
-_POLYMORPHISM_HINT = (
-    "jax2tf converts `call_fn` once for every batch size, with the batch (first) "
-    "dimension as a symbol, so `call_fn` must not depend on its concrete value "
-    "(use `x.shape[0]` only in shape arithmetic, not in Python `if`s), or the "
-    "inputs must have a fully known shape (a fixed batch size)."
-)
+
+def _is_shape_polymorphism_error(error: BaseException) -> bool:
+    """Whether `error` comes from tracing with a symbolic dimension.
+
+    JAX raises `InconclusiveDimensionOperation` (a private class, matched by
+    name) when code needs the concrete value of a symbolic dimension; other
+    shape-polymorphism failures name the symbolic dimension (or its type,
+    `_DimExpr`, for a `float(x.shape[0])`) in the message.
+    """
+    names = {cls.__name__ for cls in type(error).__mro__}
+    if "InconclusiveDimensionOperation" in names:
+        return True
+    message = str(error).lower()
+    markers = ("symbolic dimension", "shape polymorphism", "_dimexpr")  # e.g. float(dim)
+    return any(marker in message for marker in markers)
+
+
+def _unknown_shape_message(signature: _InputSignature, error: BaseException | None) -> str:
+    cause = f" ({type(error).__name__}: {str(error).splitlines()[0]})" if error else ""
+    return (
+        f"JaxLayer: `call_fn` cannot be converted by jax2tf with a symbolic batch "
+        f"dimension{cause}, and inside this `tf.function` the inputs have unknown "
+        f"dimensions {signature.static_shapes}, so it cannot be converted for the "
+        f"concrete batch size either. This happens in `fit`/`evaluate`/`predict` when "
+        f"the last batch is smaller than the others (TensorFlow then traces with an "
+        f"unknown batch size; `jit_compile` does not change this). Fixes: give every "
+        f"batch the same size (`dataset.batch(batch_size, drop_remainder=True)`, or "
+        f"a number of samples that is a multiple of `batch_size` when passing "
+        f"arrays), or a `tf.function` with a fully known `input_signature`; or "
+        f"compile the model with `run_eagerly=True` (one conversion per batch size, "
+        f"slower); or make `call_fn` work with a symbolic batch size (do not use "
+        f"`x.shape[0]` as a Python number; see "
+        f"https://docs.jax.dev/en/latest/export/shape_poly.html)."
+    )
 
 
 def _flat_specs(params: list, state: list, rng: Any, input_specs: Any) -> list:
@@ -251,6 +278,32 @@ def _in_keras_symbolic_scope() -> bool:
     return in_symbolic_scope()
 
 
+def _check_gradient_traces(program: Any, params: Any, state: Any, rng: Any, inputs: Any) -> None:
+    """Traces the program's VJP (shapes only) with the symbolic batch dimension.
+
+    jax2tf converts the gradient lazily, when `tf.GradientTape.gradient` is
+    traced, outside `run`; a backward pass that needs a concrete batch size
+    would fail there, too late to fall back to per-shape conversions. Tracing
+    it here, abstractly (nothing is added to the exported forward program),
+    raises that error inside `run`. Other errors are left for the real
+    gradient to report, if one is ever asked for.
+    """
+
+    def backward(params, state, rng, inputs):
+        def forward(params, inputs):
+            outputs, _ = program(params, state, rng, inputs, True)
+            return [o for o in jax.tree.leaves(outputs) if jnp.issubdtype(o.dtype, jnp.inexact)]
+
+        outputs, vjp = jax.vjp(forward, params, inputs)
+        return vjp([jnp.ones_like(o) for o in outputs])
+
+    try:
+        jax.eval_shape(backward, params, state, rng, inputs)
+    except Exception as error:  # noqa: BLE001 - only shape errors matter here
+        if _is_shape_polymorphism_error(error):
+            raise
+
+
 def _convert(
     program: Any, training: bool, input_shapes: Any, treedef: Any, specs: list
 ) -> Callable:
@@ -267,7 +320,10 @@ def _convert(
     program_ref = weakref.ref(program)
 
     def pure(params, state, rng, inputs):
-        return program_ref()(params, state, rng, inputs, training)
+        program = program_ref()
+        if training and input_shapes is not None:
+            _check_gradient_traces(program, params, state, rng, inputs)
+        return program(params, state, rng, inputs, training)
 
     options: dict[str, Any] = {}
     platforms = getattr(program, "native_serialization_platforms", None)

@@ -191,6 +191,69 @@ def _seed_to_key(seed: Any) -> Any:
     return jnp.asarray(np.asarray(seed).astype(np.int64).astype(np.uint32))
 
 
+_SIGNED_TORCH = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+class _UnsignedState:
+    """Round-trips the unsigned state leaves that Keras-torch keeps in a wider dtype.
+
+    torch has no usable uint16/uint32, so Keras stores such variables as
+    int32/int64 holding the same (non-negative) value. JAX must see the dtype
+    the state was created with (the program checks it): each such leaf goes
+    in as the signed type of its width (the bits, by a wrapping cast) bit-cast
+    to the unsigned type, and its new value comes back the other way, widened
+    to the storage dtype with the sign bits masked off.
+    """
+
+    def __init__(self, program: Any, state: list):
+        self.slots: dict[int, tuple[np.dtype, torch.dtype]] = {}
+        for index, (tensor, dtype) in enumerate(zip(state, program.state_dtypes)):
+            if _is_unsigned_in_signed_storage(dtype, tensor):
+                self.slots[index] = (np.dtype(dtype), tensor.dtype)
+
+    def encode(self, state: list) -> list:
+        """The state tensors, unsigned ones as same-width signed tensors (torch side)."""
+        state = list(state)
+        for index, (dtype, _) in self.slots.items():
+            state[index] = state[index].detach().to(_SIGNED_TORCH[dtype.itemsize])
+        return state
+
+    def decode(self, arrays: list) -> list:
+        """The imported state arrays, with the unsigned ones bit-cast back (JAX side)."""
+        arrays = list(arrays)
+        for index, (dtype, _) in self.slots.items():
+            arrays[index] = jax.lax.bitcast_convert_type(arrays[index], dtype)
+        return arrays
+
+    def to_storage(self, new_state: list) -> list:
+        """New state arrays as torch tensors of the variables' storage dtypes."""
+        tensors = []
+        for index, array in enumerate(new_state):
+            slot = self.slots.get(index)
+            if slot is None or array.dtype != slot[0]:
+                tensors.append(_jax_to_tensor(array))
+                continue
+            dtype, storage = slot
+            signed = jax.lax.bitcast_convert_type(array, np.dtype(f"int{8 * dtype.itemsize}"))
+            widened = _jax_to_tensor(signed).to(storage)
+            if storage.itemsize > dtype.itemsize:
+                widened = widened.bitwise_and_((1 << (8 * dtype.itemsize)) - 1)
+            tensors.append(widened)
+        return tensors
+
+
+def _is_unsigned_in_signed_storage(dtype: Any, tensor: Any) -> bool:
+    """Whether `tensor` is Keras-torch's signed storage of an unsigned `dtype`."""
+    dtype = np.dtype(dtype)
+    return (
+        dtype.kind == "u"
+        and dtype.itemsize in _SIGNED_TORCH
+        and isinstance(tensor, torch.Tensor)
+        and tensor.dtype in _SIGNED_TORCH.values()
+        and tensor.dtype.itemsize >= dtype.itemsize
+    )
+
+
 def _vjp_forward(program, training, flat, rng, *, mask, layout):
     """Outputs, new state and the pullback for the leaves where `mask` is set."""
     num_params, num_state, inputs_treedef = layout
@@ -241,8 +304,9 @@ def _compiled_forward(program: Any, training: bool):
 class _Call:
     """What one differentiable call needs besides the tensors, and what it leaves."""
 
-    def __init__(self, program, training, rng, mask, layout):
+    def __init__(self, program, training, rng, mask, layout, unsigned):
         self.program = program
+        self.unsigned = unsigned
         self.training = training
         self.rng = rng
         self.mask = mask
@@ -268,6 +332,10 @@ class _JaxFunction(torch.autograd.Function):
     @torch.compiler.disable
     def forward(ctx, call: _Call, *tensors):
         flat = [_leaf_to_jax(t) for t in tensors]
+        if call.unsigned.slots:
+            num_params, num_state, _ = call.layout
+            state_end = num_params + num_state
+            flat[num_params:state_end] = call.unsigned.decode(flat[num_params:state_end])
         forward = _compiled_forward(call.program, call.training)
         result = forward(flat, call.rng, mask=call.mask, layout=call.layout)
         jax.block_until_ready(result)  # the inputs have been read once this returns
@@ -277,7 +345,7 @@ class _JaxFunction(torch.autograd.Function):
         is_float = [_is_float_dtype(leaf.dtype) for leaf in output_leaves]
         float_tensors = [t for t, f in zip(tensors_out, is_float) if f]
         call.outputs = (treedef, tensors_out, is_float)
-        call.new_state = [_jax_to_tensor(s) for s in new_state]
+        call.new_state = call.unsigned.to_storage(new_state)
         ctx.pullback = pullback  # kept (not freed) so that retain_graph works
         ctx.mask = call.mask
         ctx.is_float = is_float
@@ -321,6 +389,16 @@ class TorchBridge(Bridge):
             return _tensor_to_jax(value.detach().clone(memory_format=torch.contiguous_format))
         return jnp.array(np.asarray(value))
 
+    def variable_to_jax(self, variable: Any) -> jax.Array:
+        # Unsigned variables (stored by Keras-torch in a wider signed dtype)
+        # come back with their own dtype and value.
+        dtype = jax.dtypes.canonicalize_dtype(np.dtype(variable.dtype))
+        value = variable.value
+        if not _is_unsigned_in_signed_storage(dtype, value):
+            return self.to_jax(value)
+        signed = value.detach().to(_SIGNED_TORCH[dtype.itemsize], copy=True)
+        return jax.lax.bitcast_convert_type(_tensor_to_jax(signed), dtype)
+
     def from_jax(self, array: Any) -> Any:
         # A copy: the variable is updated in place, the JAX array must not be.
         return torch.from_dlpack(array).clone()
@@ -347,6 +425,8 @@ class TorchBridge(Bridge):
             for leaf in input_leaves
         ]
         inputs = jax.tree.unflatten(inputs_treedef, input_leaves)
+        unsigned = _UnsignedState(program, state)
+        state = unsigned.encode(state)
         tensors = list(params) + list(state) + input_leaves
         num_params, num_state = len(params), len(state)
         # State is never differentiated; params and inputs are where torch asks.
@@ -355,19 +435,20 @@ class TorchBridge(Bridge):
             for i, t in enumerate(tensors)
         )
         if not (torch.is_grad_enabled() and any(mask)):
-            return self._run_without_grad(program, params, state, keys, inputs, training)
-        call = _Call(program, training, keys, mask, (num_params, num_state, inputs_treedef))
+            return self._run_without_grad(program, params, state, keys, inputs, training, unsigned)
+        layout = (num_params, num_state, inputs_treedef)
+        call = _Call(program, training, keys, mask, layout, unsigned)
         float_tensors = iter(_JaxFunction.apply(call, *tensors))
         treedef, tensors_out, is_float = call.outputs
         leaves = [next(float_tensors) if f else t for t, f in zip(tensors_out, is_float)]
         return jax.tree.unflatten(treedef, leaves), call.new_state
 
-    def _run_without_grad(self, program, params, state, keys, inputs, training):
+    def _run_without_grad(self, program, params, state, keys, inputs, training, unsigned):
         flat_params = [_leaf_to_jax(p) for p in params]
-        flat_state = [_leaf_to_jax(s) for s in state]
+        flat_state = unsigned.decode([_leaf_to_jax(s) for s in state])
         jax_inputs = jax.tree.map(_leaf_to_jax, inputs)
         result = program.jitted(training)(flat_params, flat_state, keys, jax_inputs)
         jax.block_until_ready(result)
         pointers = _buffer_pointers(flat_params + flat_state + jax.tree.leaves(jax_inputs))
         outputs, new_state = _unalias(result, pointers)
-        return jax.tree.map(_jax_to_tensor, outputs), [_jax_to_tensor(s) for s in new_state]
+        return jax.tree.map(_jax_to_tensor, outputs), unsigned.to_storage(new_state)

@@ -48,7 +48,7 @@ test-minimal: $(MIN_STAMP)
 	KERAS_BACKEND=jax $(MIN_VENV)/bin/python -m pytest -p no:cacheprovider -q tests/minimal_env
 
 lint: setup
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff check src tests benchmarks examples
 
 bench: setup
 	$(VENV)/bin/jaxlayer bench

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import BACKEND, to_numpy, tree_allclose
+from digits import fit_and_check_digits
 
 hk = pytest.importorskip("haiku", reason="Haiku (dm-haiku) is not installed")
 
@@ -31,12 +32,6 @@ def plain_mlp(x):
     return hk.nets.MLP([16, 3])(x)
 
 
-def _digits():
-    from sklearn.datasets import load_digits
-
-    x, y = load_digits(return_X_y=True)
-    order = np.random.default_rng(0).permutation(len(x))  # the file is ordered by writer
-    return (x[order] / 16.0).astype("float32"), y[order].astype("int32")
 
 
 def test_outputs_match_haiku_apply_for_every_transform():
@@ -156,18 +151,7 @@ def test_plain_jaxlayer_with_haiku_functions_still_works():
 
 @pytest.mark.needs_training
 def test_fit_on_digits_reaches_90_percent():
-    x, y = _digits()
-    model = keras.Sequential([keras.Input((64,)), HaikuLayer(hk.transform_with_state(haiku_mlp))])
-    model.compile(
-        keras.optimizers.Adam(1e-2),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    history = model.fit(x[:1500], y[:1500], epochs=5, batch_size=64, verbose=0)
-    losses = history.history["loss"]
-    assert losses[-1] < losses[0]
-    _, accuracy = model.evaluate(x[1500:], y[1500:], verbose=0)
-    assert accuracy >= 0.9
+    fit_and_check_digits(HaikuLayer(hk.transform_with_state(haiku_mlp)))
 
 
 def test_model_save_and_load_round_trip_with_registered_function(tmp_path):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import BACKEND, to_numpy, tree_allclose
+from digits import fit_and_check_digits
 
 nnx = pytest.importorskip("flax.nnx", reason="Flax is not installed")
 
@@ -40,12 +41,6 @@ def _module(seed=0, **kwargs):
     return NnxMLP(rngs=nnx.Rngs(seed, dropout=seed + 1), **kwargs)
 
 
-def _digits():
-    from sklearn.datasets import load_digits
-
-    x, y = load_digits(return_X_y=True)
-    order = np.random.default_rng(0).permutation(len(x))  # the file is ordered by writer
-    return (x[order] / 16.0).astype("float32"), y[order].astype("int32")
 
 
 def test_outputs_match_the_module_in_eval_mode():
@@ -141,18 +136,7 @@ def test_get_module_and_update_give_the_same_outputs():
 
 @pytest.mark.needs_training
 def test_fit_on_digits_reaches_90_percent():
-    x, y = _digits()
-    model = keras.Sequential([keras.Input((64,)), NnxLayer(_module(din=64), seed=0)])
-    model.compile(
-        keras.optimizers.Adam(1e-2),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    history = model.fit(x[:1500], y[:1500], epochs=5, batch_size=64, verbose=0)
-    losses = history.history["loss"]
-    assert losses[-1] < losses[0]
-    _, accuracy = model.evaluate(x[1500:], y[1500:], verbose=0)
-    assert accuracy >= 0.9
+    fit_and_check_digits(NnxLayer(_module(din=64), seed=0))
 
 
 def test_model_save_and_load_round_trip(tmp_path):

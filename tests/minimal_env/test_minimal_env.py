@@ -41,6 +41,7 @@ def test_environment_has_only_the_required_dependencies():
         pytest.skip(f"not a minimal environment (found {present}); `make test-minimal` builds one")
 
 
+@pytest.mark.needs_training
 def test_build_fit_predict_save_load(tmp_path):
     x = np.random.default_rng(0).normal(size=(32, 3)).astype("float32")
     y = x @ np.ones((3, 2), "float32")

@@ -51,7 +51,7 @@ lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks examples
 
 bench: setup
-	$(VENV)/bin/jaxlayer bench
+	KERAS_BACKEND=jax $(VENV)/bin/jaxlayer bench
 
 clean:
 	rm -rf $(VENV) $(MIN_VENV) .pytest_cache

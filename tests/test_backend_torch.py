@@ -452,23 +452,11 @@ def test_fit_with_jit_compile_uses_torch_compile_without_crashing():
     assert history.history["loss"][-1] < history.history["loss"][0]
 
 
-# A raw PRNG key and a counter held as uint32 state, with the high bits set
-# (Keras-torch stores uint32 variables as int64).
-KEY = np.array([0xFFFFFFF0, 0x80000001], np.uint32)
-
-
-def uint32_state_init(rng, inputs):
-    state = {"key": jnp.asarray(KEY), "count": jnp.asarray(0xFFFFFFFE, jnp.uint32)}
-    return mlp_init(rng, inputs), state
-
-
-def uint32_state_call(params, state, inputs, training):
-    outputs = mlp_apply(params, inputs)
-    if not training:
-        return outputs, state
-    key, noise_key = jax.random.split(state["key"])
-    outputs = outputs + 0.1 * jax.random.normal(noise_key, outputs.shape)
-    return outputs, {"key": key, "count": state["count"] + 1}
+# The uint32-state model of the contract suite: a raw PRNG key and a counter
+# with the high bits set (Keras-torch stores uint32 variables as int64).
+from test_contract import UINT32_KEY as KEY  # noqa: E402
+from test_contract import mlp_apply as contract_mlp_apply  # noqa: E402
+from test_contract import uint32_state_call, uint32_state_init  # noqa: E402
 
 
 def test_uint32_state_round_trips_exactly_through_calls_and_fit():
@@ -484,7 +472,7 @@ def test_uint32_state_round_trips_exactly_through_calls_and_fit():
     params = layer.get_params()
     out = layer(torch.from_numpy(x), training=True)  # gradient path (params require grad)
     key, noise_key = jax.random.split(jnp.asarray(KEY))
-    expected = mlp_apply(params, x) + 0.1 * jax.random.normal(noise_key, (4, 3))
+    expected = contract_mlp_apply(params, x) + 0.1 * jax.random.normal(noise_key, (4, 3))
     np.testing.assert_allclose(to_numpy(out), expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(layer.get_state()["key"], key)
     assert int(layer.get_state()["count"]) == 0xFFFFFFFF

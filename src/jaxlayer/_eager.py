@@ -13,6 +13,14 @@ from typing import Any
 
 import keras
 
+try:  # Keras internals; another layout of Keras just disables the shortcut.
+    from keras.src.backend.common import global_state
+    from keras.src.backend.common.stateless_scope import in_stateless_scope
+    from keras.src.backend.common.symbolic_scope import in_symbolic_scope
+    from keras.src.backend.common.variables import get_autocast_scope
+except ImportError:  # pragma: no cover
+    global_state = None
+
 
 def keras_would_only_call(layer: keras.layers.Layer, inputs: Any) -> bool:
     """True when Keras's `Layer.__call__` has nothing to do but call `call`.
@@ -21,12 +29,7 @@ def keras_would_only_call(layer: keras.layers.Layer, inputs: Any) -> bool:
     losses), autocast or distribution scope, stateless/symbolic trace,
     regularizer, remat or quantization.
     """
-    try:
-        from keras.src.backend.common import global_state
-        from keras.src.backend.common.stateless_scope import in_stateless_scope
-        from keras.src.backend.common.symbolic_scope import in_symbolic_scope
-        from keras.src.backend.common.variables import get_autocast_scope
-    except ImportError:  # pragma: no cover - other Keras layouts: always the full path
+    if global_state is None:  # pragma: no cover
         return False
     return (
         layer.input_spec is None

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import keras
 import numpy as np
 
@@ -93,8 +94,5 @@ def decode_tree(config: Any) -> Any:
 
 
 def _dtype(name: str) -> np.dtype:
-    if name == "bfloat16":
-        import ml_dtypes
-
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype(name)
+    # jax.numpy knows the ml_dtypes names (bfloat16, float8_*) as well.
+    return jax.numpy.dtype(name)

@@ -1,22 +1,26 @@
 """jaxlayer: JAX models as Keras 3 layers, on every Keras backend.
 
 `import jaxlayer` imports only keras and jax; framework adapters import their
-framework when they are used.
+framework when they are used. The adapter classes are registered with Keras
+here (without their frameworks), so that `keras.models.load_model` finds a
+portable layer saved from any of them.
 """
 
+from . import adapters as _adapters
 from ._layer import JaxLayer as JaxLayer
+from ._portable import PortableLayer as PortableLayer
+from ._saving import SavedNode as SavedNode
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _ADAPTERS = ("FlaxLayer", "NnxLayer", "HaikuLayer", "EquinoxLayer")
+for _name in _ADAPTERS:
+    getattr(_adapters, _name)  # imports the adapter module, which registers the class
 
-__all__ = ["JaxLayer", *_ADAPTERS, "__version__"]
+__all__ = ["JaxLayer", "PortableLayer", "SavedNode", *_ADAPTERS, "__version__"]
 
 
 def __getattr__(name: str):
-    # Adapters load on first access, so `import jaxlayer` imports no framework.
     if name in _ADAPTERS:
-        from . import adapters
-
-        return getattr(adapters, name)
+        return getattr(_adapters, name)
     raise AttributeError(f"module `jaxlayer` has no attribute `{name}`")

@@ -17,14 +17,9 @@ import numpy as np
 
 from ._backends import get_bridge
 from ._eager import keras_would_only_call
+from ._layer_saving import LayerSaving, check_save_as
 from ._program import AbstractInput, Program, is_shape, placeholders, shape_tree_from_keras
-from ._saving import (
-    UnencodableTree,
-    decode_tree,
-    deserialize_function,
-    encode_tree,
-    serialize_function,
-)
+from ._saving import decode_tree
 from ._signature import CALL_FN_ARGUMENTS, INIT_FN_ARGUMENTS, FunctionSignature, describe
 from ._variables import TreeLayout, check_leaf, is_array_leaf, unique_names
 
@@ -48,7 +43,7 @@ def _looks_like_params_and_state(result: Any) -> bool:
 
 
 @keras.saving.register_keras_serializable(package="jaxlayer")
-class JaxLayer(keras.layers.Layer):
+class JaxLayer(LayerSaving, keras.layers.Layer):
     """A Keras layer that wraps a JAX model given as pure functions.
 
     The model is `call_fn(params, state, rng, inputs, training)`; arguments
@@ -71,7 +66,15 @@ class JaxLayer(keras.layers.Layer):
         seed: optional int seeding the Keras `SeedGenerator` that produces a
             fresh `rng` key on every training call.
         native_serialization_platforms: accepted for compatibility with
-            `keras.layers.JaxLayer`; the TensorFlow backend honours it.
+            `keras.layers.JaxLayer`; the platforms the TensorFlow backend
+            compiles for, and a portable save lowers for (default: cpu, cuda
+            and tpu).
+        save_as: how `model.save` stores the layer. `"auto"` (default): by
+            reference to `call_fn`/`init_fn` when they are registered Keras
+            serializables, otherwise portably. `"portable"`: always as
+            `jax.export` programs, so the file loads without the model's code
+            (for serving). `"source"`: always by reference (saving fails if
+            the functions are not registered).
         **kwargs: the usual Keras layer arguments (`name`, `dtype`,
             `trainable`, ...).
 
@@ -104,8 +107,10 @@ class JaxLayer(keras.layers.Layer):
         state: Any = None,
         seed: int | None = None,
         native_serialization_platforms: Any = None,
+        save_as: str = "auto",
         **kwargs: Any,
     ):
+        check_save_as(save_as)
         params_spec = kwargs.pop("params_spec", None)
         state_spec = kwargs.pop("state_spec", None)
         signature = FunctionSignature(call_fn, "call_fn", CALL_FN_ARGUMENTS)
@@ -141,6 +146,7 @@ class JaxLayer(keras.layers.Layer):
         self.call_fn = call_fn
         self.init_fn = init_fn
         self.native_serialization_platforms = native_serialization_platforms
+        self.save_as = save_as
         self._set_untracked("_bridge", bridge)
         self._set_untracked("_signature", signature)
         self._set_untracked("_init_signature", init_signature)
@@ -149,6 +155,8 @@ class JaxLayer(keras.layers.Layer):
         self._set_untracked("_pending_input_dtypes", None)
         self._set_untracked("_input_dtypes", None)
         self._set_untracked("_abstract_seeds", False)
+        self._set_untracked("_input_record", None)  # inputs seen, for export
+        self._set_untracked("_export_cache", None)
         self._reset_variables()
         self.seed_generator = keras.random.SeedGenerator(seed) if signature.takes("rng") else None
         if params is not None or state is not None:
@@ -292,6 +300,7 @@ class JaxLayer(keras.layers.Layer):
             return keras.backend.standardize_dtype(x.dtype)
 
         inputs = jax.tree.map(lambda x: x if hasattr(x, "shape") else np.asarray(x), inputs)
+        self._record_inputs(inputs, lambda x: self._input_dtype_for(dtype_of(x)))
         shapes = jax.tree.map(shape_of, inputs)
         dtypes = jax.tree.map(dtype_of, inputs)
         with self._bridge.build_context(inputs, self.name):
@@ -383,6 +392,8 @@ class JaxLayer(keras.layers.Layer):
 
     def call(self, inputs: Any, training: bool = False) -> Any:
         training = bool(training)
+        if self._input_record is None:
+            self._record_inputs(inputs)
         rng = self._get_call_rng(training) if self.seed_generator is not None else None
         outputs, new_state = self._bridge.run(
             self._program,
@@ -402,16 +413,11 @@ class JaxLayer(keras.layers.Layer):
         def abstract(x):
             return AbstractInput(x.shape, self._input_dtype_for(x.dtype))
 
-        def struct(variable):
-            dtype = _canonical_dtype(variable.dtype)
-            if variable._autocast and _is_float(dtype) and self.autocast:
-                dtype = jax.numpy.dtype(self.compute_dtype)
-            return jax.ShapeDtypeStruct(tuple(variable.shape), dtype)
-
+        self._record_inputs(inputs, lambda x: self._input_dtype_for(x.dtype))
         rng = self._abstract_call_rng(training) if self.seed_generator is not None else None
         outputs, _ = self._program.output_shapes(
-            [struct(v) for v in self._param_variables],
-            [struct(v) for v in self._state_variables],
+            [self._call_aval(v) for v in self._param_variables],
+            [self._call_aval(v) for v in self._state_variables],
             rng,
             jax.tree.map(abstract, inputs),
             training,
@@ -421,6 +427,13 @@ class JaxLayer(keras.layers.Layer):
             outputs,
             is_leaf=lambda x: isinstance(x, AbstractInput),
         )
+
+    def _call_aval(self, variable: Any) -> jax.ShapeDtypeStruct:
+        """Shape and dtype of a variable as `call_fn` receives it (after autocast)."""
+        dtype = _canonical_dtype(variable.dtype)
+        if variable._autocast and _is_float(dtype) and self.autocast:
+            dtype = jax.numpy.dtype(self.compute_dtype)
+        return jax.ShapeDtypeStruct(tuple(variable.shape), dtype)
 
     def _abstract_call_rng(self, training: bool) -> Any:
         # The structure `_get_call_rng` returns, with shape placeholders for
@@ -505,66 +518,6 @@ class JaxLayer(keras.layers.Layer):
             )
         for leaf, variable in zip(arrays, variables):
             variable.assign(leaf)
-
-    # ----------------------------------------------------------------- config
-
-    def get_config(self) -> dict:
-        config = super().get_config()
-        config.update(
-            {
-                "call_fn": serialize_function(self.call_fn, "call_fn", self.name),
-                "init_fn": serialize_function(self.init_fn, "init_fn", self.name),
-                "seed": self._seed,
-                "native_serialization_platforms": self.native_serialization_platforms,
-            }
-        )
-        config.update(self._variables_spec())
-        return config
-
-    def _variables_spec(self) -> dict:
-        """The layout of params/state, so loading needs no `init_fn` call."""
-        if not (self._param_variables or self._state_variables):
-            return {}
-        try:
-            return {
-                "params_spec": encode_tree(
-                    self._params_tree, [v.dtype for v in self._param_variables]
-                ),
-                "state_spec": encode_tree(
-                    self._state_tree, [v.dtype for v in self._state_variables]
-                ),
-            }
-        except UnencodableTree as error:
-            if self.init_fn is None:
-                raise ValueError(
-                    f"Cannot save JaxLayer `{self.name}`: its params/state hold "
-                    f"{error}, which the config cannot describe, and there is no "
-                    f"`init_fn` to rebuild them at load time. Use dicts, lists and "
-                    f"tuples, pass a registered `init_fn`, or use `save_weights`."
-                ) from None
-            return {}
-
-    @classmethod
-    def from_config(cls, config: dict) -> JaxLayer:
-        config = dict(config)
-        config["call_fn"] = deserialize_function(config["call_fn"])
-        config["init_fn"] = deserialize_function(config.get("init_fn"))
-        return cls(**config)
-
-    def get_build_config(self) -> dict | None:
-        build_config = super().get_build_config()
-        if build_config is not None and self._input_dtypes is not None:
-            build_config = dict(build_config, input_dtype=self._input_dtypes)
-        return build_config
-
-    def build_from_config(self, config: dict) -> None:
-        if self.built or not config:
-            return
-        self._set_untracked("_pending_input_dtypes", config.get("input_dtype"))
-        try:
-            super().build_from_config(config)
-        finally:
-            self._set_untracked("_pending_input_dtypes", None)
 
 
 def _released_one_by_one(leaves: list):

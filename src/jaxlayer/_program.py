@@ -107,7 +107,7 @@ class Program:
         """
         fn = functools.partial(self, training=training)
         try:
-            symbolic_inputs = _with_symbolic_dims(inputs)
+            symbolic_inputs = with_symbolic_dims(inputs)
             out = jax.eval_shape(fn, params, state, rng, symbolic_inputs)
             return jax.tree.map(_symbolic_to_none, out)
         except Exception as symbolic_error:  # noqa: BLE001 - fall back below
@@ -141,7 +141,7 @@ def _has_unknown_dims(inputs: Any) -> bool:
     return any(d is None for leaf in leaves if _is_abstract(leaf) for d in leaf.shape)
 
 
-def _with_symbolic_dims(inputs: Any) -> Any:
+def with_symbolic_dims(inputs: Any) -> Any:
     # The leading unknown dimension is the batch, shared by all inputs;
     # other unknown dimensions get their own symbols.
     names = itertools.count()

@@ -15,6 +15,7 @@ import keras
 import numpy as np
 
 from .._layer import JaxLayer
+from .._saving import NotRegisteredError
 
 _FRAMEWORK_NAMES = {"flax": "Flax", "haiku": "Haiku (dm-haiku)", "equinox": "Equinox"}
 
@@ -85,11 +86,12 @@ def serialize_model_object(obj: Any, adapter: str, layer_name: str) -> dict:
     fix = (
         "Register the class with `@keras.saving.register_keras_serializable("
         'package="my_package")` and give it `get_config()` (and `from_config()` '
-        "where the constructor needs more than the config), or save only the "
-        "weights with `model.save_weights(...)`."
+        "where the constructor needs more than the config), save it portably "
+        '(`save_as="portable"`), or save only the weights with '
+        "`model.save_weights(...)`."
     )
     if name is None:
-        raise ValueError(
+        raise NotRegisteredError(
             f"Cannot save {adapter} `{layer_name}`: its model class "
             f"`{cls.__qualname__}` is not registered with Keras, so `load_model` "
             f"could not recreate it. {fix}"
@@ -102,7 +104,7 @@ def serialize_model_object(obj: Any, adapter: str, layer_name: str) -> dict:
                 f"Received: {type(config).__name__}"
             )
     else:
-        raise ValueError(
+        raise NotRegisteredError(
             f"Cannot save {adapter} `{layer_name}`: `{cls.__qualname__}` has no "
             f"`get_config()`. {fix}"
         )
@@ -168,16 +170,14 @@ class AdapterLayer(JaxLayer):
         # The model object saved in the config carries its own layout.
         return {}
 
-    def get_config(self) -> dict:
-        config = keras.layers.Layer.get_config(self)
-        config["seed"] = self._seed
-        config.update(self._adapter_config())
+    def _source_config(self) -> dict:
+        config = self._adapter_config()
         config.update(self._variables_spec())
         return config
 
     @classmethod
-    def from_config(cls, config: dict):
-        return cls(**cls._adapter_from_config(dict(config)))
+    def _from_source_config(cls, config: dict):
+        return cls(**cls._adapter_from_config(config))
 
     @classmethod
     def _adapter_from_config(cls, config: dict) -> dict:  # pragma: no cover

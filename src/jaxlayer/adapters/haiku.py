@@ -7,7 +7,7 @@ from typing import Any
 
 import keras
 
-from .._saving import deserialize_function
+from .._saving import NotRegisteredError, deserialize_function
 from ._common import (
     AdapterLayer,
     import_framework,
@@ -188,14 +188,15 @@ class HaikuLayer(AdapterLayer):
 
     def _adapter_config(self) -> dict:
         if self._function is None or registered_name(self._function) is None:
-            raise ValueError(
+            raise NotRegisteredError(
                 f"Cannot save HaikuLayer `{self.name}`: the function given to "
                 f"`hk.transform` "
                 f"({getattr(self._function, '__qualname__', self._function)!r}) is "
                 f"not registered with Keras, so `load_model` could not transform "
                 f"it again. Decorate that module-level function with "
                 f'`@keras.saving.register_keras_serializable(package="my_package")`, '
-                f"or save only the weights with `model.save_weights(...)`."
+                f'save it portably (`save_as="portable"`), or save only the weights '
+                f"with `model.save_weights(...)`."
             )
         return {
             "function": keras.saving.serialize_keras_object(self._function),

@@ -249,10 +249,10 @@ def test_haiku_model_outputs():
     x = data(4, 3)
     out = layer(x)
     assert sorted(v.name for v in layer.trainable_variables) == [
-        "mlp.~.linear_0.b",
-        "mlp.~.linear_0.w",
-        "mlp.~.linear_1.b",
-        "mlp.~.linear_1.w",
+        "mlp.linear_0.b",
+        "mlp.linear_0.w",
+        "mlp.linear_1.b",
+        "mlp.linear_1.w",
     ]
     tree_allclose(out, transformed.apply(layer.get_params(), None, x), RTOL, ATOL)
 

@@ -211,10 +211,10 @@ ADAPTER_EXPECTED = {
         "out.bias": [None],
     },
     "haiku": {
-        "mlp.~.linear_0.w": [None, "model"],
-        "mlp.~.linear_0.b": ["model"],
-        "mlp.~.linear_1.w": ["model", None],
-        "mlp.~.linear_1.b": [None],
+        "mlp.linear_0.w": [None, "model"],
+        "mlp.linear_0.b": ["model"],
+        "mlp.linear_1.w": ["model", None],
+        "mlp.linear_1.b": [None],
     },
     "equinox": {
         "layers.0.weight": ["model", None],

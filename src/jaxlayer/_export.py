@@ -30,7 +30,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ._program import AbstractInput, with_symbolic_dims
 from ._saving import decode_tree, encode_tree
@@ -69,7 +68,7 @@ def _encode_abstract(tree: Any) -> Any:
     """JSON record of a tree of arrays/avals: structure, shapes (None = any), dtypes."""
     tree = _abstract(tree)
     leaves = [x for x in jax.tree.leaves(tree) if is_array_leaf(x)]
-    return encode_tree(tree, [x.dtype for x in leaves])
+    return encode_tree(tree, [x.dtype for x in leaves], custom_nodes=True)
 
 
 def _decode_abstract(record: Any) -> Any:
@@ -467,7 +466,7 @@ def check_versions(metadata: dict) -> None:
     low = jax.export.minimum_supported_calling_convention_version
     high = jax.export.maximum_supported_calling_convention_version
     if not low <= calling <= high:
-        newer = "newer" if calling > high else "older"
+        newer = "new" if calling > high else "old"
         raise ValueError(
             f"This portable JaxLayer was saved with jax {metadata['jax_version']} "
             f"(calling convention {calling}); this is jax {jax.__version__}, which "

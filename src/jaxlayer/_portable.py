@@ -118,39 +118,6 @@ class PortableLayer(JaxLayer):
             is_leaf=lambda x: isinstance(x, AbstractInput),
         )
 
-
-_CLASSES: dict[str, type] = {}
-
-
-def portable_class(original: str) -> type:
-    """The PortableLayer class standing in for a layer class named `original`.
-
-    Keras addresses a layer's weights and assets in the archive by its class
-    name (`layers/haiku_layer/...`), so a layer saved from a `HaikuLayer`
-    loads as a PortableLayer subclass named `HaikuLayer`. These subclasses are
-    registered as `jaxlayer>Portable<original>`, so a loaded model saves and
-    loads again.
-    """
-    if original == PortableLayer.__name__:
-        return PortableLayer
-    cls = _CLASSES.get(original)
-    if cls is None:
-        cls = type(
-            original,
-            (PortableLayer,),
-            {
-                "__module__": __name__,
-                "__doc__": f"A `PortableLayer` loaded from a portable save of a `{original}`.",
-            },
-        )
-        keras.saving.register_keras_serializable(package="jaxlayer", name=f"Portable{original}")(cls)
-        _CLASSES[original] = cls
-    return cls
-
-
-for _original in ("JaxLayer", "HaikuLayer", "FlaxLayer", "NnxLayer", "EquinoxLayer"):
-    portable_class(_original)
-
     def compute_output_spec(self, inputs: Any, training: bool = False) -> Any:
         if self.exported.loaded:
             return super().compute_output_spec(inputs, training)

@@ -48,15 +48,18 @@ def path_name(path: Sequence[Any], root: str) -> str:
 
     Dict keys, attribute names and sequence indices are joined with `.`; `/`
     (Haiku's module separator, which Keras forbids in names) becomes `.` too,
-    so `{"mlp/~/linear_0": {"w": ...}}` gives `mlp.~.linear_0.w`.
+    and Haiku's `~` segments are dropped, so `{"mlp/~/linear_0": {"w": ...}}`
+    gives `mlp.linear_0.w`. Any other character that TensorFlow refuses in a
+    scope name (optimizers on that backend name slots after variables)
+    becomes `_`.
     """
     parts = [_key_text(k) for k in path]
     if not parts:
         return root
     text = ".".join(part if part else "_" for part in parts)
-    text = text.replace("/", ".")
-    text = re.sub(r"\s+", "_", text)
-    return text
+    segments = [segment for segment in text.replace("/", ".").split(".") if segment != "~"]
+    text = ".".join(segment if segment else "_" for segment in segments) or "_"
+    return re.sub(r"[^A-Za-z0-9_.\-]", "_", text)
 
 
 def unique_names(names: Sequence[str], taken: set[str]) -> list[str]:

@@ -149,7 +149,7 @@ def adapter_factories() -> dict:
 
     Each model is the same 4 -> 8 -> 2 MLP; the regexes use the variable
     names each adapter gives (Flax `params.Dense_0.kernel`, Haiku
-    `mlp.~.linear_0.w`, Equinox `layers.0.weight`, NNX `hidden.kernel`).
+    `mlp.linear_0.w`, Equinox `layers.0.weight`, NNX `hidden.kernel`).
     """
     import importlib.util
 

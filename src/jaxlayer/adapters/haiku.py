@@ -28,7 +28,7 @@ class HaikuLayer(AdapterLayer):
     a PyTree), and its flag argument, `training` or `is_training` (or the one
     named by `training_argument`), receives Keras's training flag. Parameters
     are trainable variables named after Haiku's module paths
-    (`mlp.~.linear_0.w`); state (e.g. BatchNorm statistics) is non-trainable
+    (`mlp.linear_0.w`); state (e.g. BatchNorm statistics) is non-trainable
     and updated by each training call; `hk.next_rng_key()` gets a fresh key on
     every training call (`rng` is None in inference).
 

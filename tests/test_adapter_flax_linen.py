@@ -203,10 +203,17 @@ def test_model_save_and_load_round_trip(tmp_path):
     assert [v.name for v in loaded.weights] == [v.name for v in model.weights]
 
 
-def test_unregistered_module_fails_at_save_time_and_weights_still_save(tmp_path):
+def test_unregistered_module_saves_portably_or_fails_with_save_as_source(tmp_path):
+    from jaxlayer import PortableLayer
+
     model = keras.Sequential([keras.Input((8,)), FlaxLayer(linen.Dense(3), seed=0)])
-    with pytest.raises(ValueError, match="register_keras_serializable"):
-        model.save(tmp_path / "noisy.keras")
+    model.save(tmp_path / "portable.keras")
+    loaded = keras.models.load_model(tmp_path / "portable.keras")
+    assert isinstance(loaded.layers[0], PortableLayer)
+    np.testing.assert_array_equal(to_numpy(loaded(X)), to_numpy(model(X)))
+    strict = keras.Sequential([keras.Input((8,)), FlaxLayer(linen.Dense(3), save_as="source")])
+    with pytest.raises(ValueError, match=r"model class `Dense` is not registered.*register_keras_serializable"):
+        strict.save(tmp_path / "noisy.keras")
     weights = [to_numpy(v) for v in model.weights]
     model.save_weights(tmp_path / "noisy.weights.h5")
     fresh = keras.Sequential([keras.Input((8,)), FlaxLayer(linen.Dense(3), seed=5)])

@@ -169,13 +169,19 @@ def test_model_save_and_load_round_trip_with_registered_function(tmp_path):
     assert [v.name for v in loaded.weights] == [v.name for v in model.weights]
 
 
-def test_unregistered_function_fails_at_save_time_and_weights_round_trip(tmp_path):
-    def build():
-        return keras.Sequential([keras.Input((8,)), HaikuLayer(hk.transform(plain_mlp))])
+def test_unregistered_function_saves_portably_or_fails_with_save_as_source(tmp_path):
+    from jaxlayer import PortableLayer
+
+    def build(**kwargs):
+        return keras.Sequential([keras.Input((8,)), HaikuLayer(hk.transform(plain_mlp), **kwargs)])
 
     model = build()
-    with pytest.raises(ValueError, match="register_keras_serializable"):
-        model.save(tmp_path / "plain.keras")
+    model.save(tmp_path / "portable.keras")
+    loaded = keras.models.load_model(tmp_path / "portable.keras")
+    assert isinstance(loaded.layers[0], PortableLayer)
+    np.testing.assert_array_equal(to_numpy(loaded(X)), to_numpy(model(X)))
+    with pytest.raises(ValueError, match=r"\('plain_mlp'\) is not registered.*register_keras_serializable"):
+        build(save_as="source").save(tmp_path / "plain.keras")
     model.save_weights(tmp_path / "plain.weights.h5")
     fresh = build()
     fresh.load_weights(tmp_path / "plain.weights.h5")

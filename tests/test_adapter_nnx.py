@@ -152,15 +152,21 @@ def test_model_save_and_load_round_trip(tmp_path):
     assert [v.name for v in loaded.weights] == [v.name for v in model.weights]
 
 
-def test_unregistered_module_fails_at_save_time_and_weights_round_trip(tmp_path):
-    def build(seed):
+def test_unregistered_module_saves_portably_or_fails_with_save_as_source(tmp_path):
+    from jaxlayer import PortableLayer
+
+    def build(seed, **kwargs):
         return keras.Sequential(
-            [keras.Input((8,)), NnxLayer(nnx.Linear(8, 3, rngs=nnx.Rngs(seed)))]
+            [keras.Input((8,)), NnxLayer(nnx.Linear(8, 3, rngs=nnx.Rngs(seed)), **kwargs)]
         )
 
     model = build(0)
-    with pytest.raises(ValueError, match="register_keras_serializable"):
-        model.save(tmp_path / "linear.keras")
+    model.save(tmp_path / "portable.keras")
+    loaded = keras.models.load_model(tmp_path / "portable.keras")
+    assert isinstance(loaded.layers[0], PortableLayer)
+    np.testing.assert_array_equal(to_numpy(loaded(X)), to_numpy(model(X)))
+    with pytest.raises(ValueError, match=r"model class `Linear` is not registered"):
+        build(0, save_as="source").save(tmp_path / "linear.keras")
     model.save_weights(tmp_path / "linear.weights.h5")
     fresh = build(1)
     assert not np.allclose(to_numpy(fresh(X)), to_numpy(model(X)))

@@ -19,17 +19,20 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 
 setup: $(STAMP)
 
-demo: setup
-	KERAS_BACKEND=jax $(VENV)/bin/jaxlayer demo
+# The demo's saved model is portable: its fresh-process reload runs in
+# $(MIN_VENV), where only keras and jax are installed.
+demo: setup $(MIN_STAMP)
+	KERAS_BACKEND=jax $(VENV)/bin/jaxlayer demo --reload-python $(MIN_VENV)/bin/python
 
 # One pytest process per Keras backend (Keras reads KERAS_BACKEND once),
 # then Keras's NNX mode, then an environment with only keras + jax.
 test: setup lint test-backends test-nnx test-minimal
 
-test-backends: setup
+# Portable files saved in .venv are also loaded in $(MIN_VENV) (keras + jax only).
+test-backends: setup $(MIN_STAMP)
 	@set -e; for backend in $(BACKENDS); do \
 	  echo "=== pytest, KERAS_BACKEND=$$backend ==="; \
-	  KERAS_BACKEND=$$backend $(PYTEST) tests; \
+	  KERAS_BACKEND=$$backend JAXLAYER_MIN_PYTHON=$(CURDIR)/$(MIN_VENV)/bin/python $(PYTEST) tests; \
 	done
 	KERAS_BACKEND=jax $(PYTEST) --doctest-modules src/jaxlayer
 

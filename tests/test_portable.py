@@ -60,20 +60,25 @@ def fresh_process_results(tmp_path_factory):
     np.save(root / "x.npy", x)
     np.save(root / "y.npy", y)
     (root / "manifest.json").write_text(json.dumps(manifest))
+    results, modules = _check_in_fresh_process(sys.executable, root / "manifest.json")
+    return saved, results, modules, root / "manifest.json"
+
+
+def _check_in_fresh_process(python, manifest):
     env = dict(os.environ, KERAS_BACKEND=BACKEND)
-    result = subprocess.run([sys.executable, str(TESTS / "portable_check.py"), str(root / "manifest.json")],
-                            capture_output=True, text=True, env=env, timeout=900, cwd=root)
+    result = subprocess.run([str(python), str(TESTS / "portable_check.py"), str(manifest)],
+                            capture_output=True, text=True, env=env, timeout=900, cwd=manifest.parent)
     assert result.returncode == 0, result.stderr[-4000:]
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     results = {r["name"]: r for r in lines if "name" in r}
     modules = next(r["modules"] for r in lines if "modules" in r)
-    return saved, results, modules
+    return results, modules
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_portable_model_loads_and_trains_without_its_code(name, fresh_process_results):
-    saved, results, modules = fresh_process_results
+    saved, results, modules, _ = fresh_process_results
     if name not in saved:
         pytest.skip(f"{FRAMEWORK[name]} is not installed")
     info, r = saved[name], results[name]
@@ -97,11 +102,30 @@ def test_portable_model_loads_and_trains_without_its_code(name, fresh_process_re
 
 @pytest.mark.slow
 def test_fresh_process_imported_no_framework(fresh_process_results):
-    _, _, modules = fresh_process_results
+    _, _, modules, _ = fresh_process_results
     # (Keras's own saving code imports tensorflow whenever it is installed,
     # so only the frameworks are checked here; tests/minimal_env loads a
     # portable file where nothing but keras and jax is installed.)
     assert not {"haiku", "flax", "equinox"} & set(modules)
+
+
+@pytest.mark.slow
+def test_portable_models_load_and_train_where_only_keras_and_jax_are_installed(fresh_process_results):
+    """`make test` points JAXLAYER_MIN_PYTHON at `.venv-min` (keras, jax, pytest only)."""
+    python = os.environ.get("JAXLAYER_MIN_PYTHON")
+    if BACKEND != "jax" or not python:
+        pytest.skip("runs on the jax backend with JAXLAYER_MIN_PYTHON set (make test sets it)")
+    saved, _, _, manifest = fresh_process_results
+    check = subprocess.run([python, "-c", "import haiku"], capture_output=True)
+    assert check.returncode != 0, "JAXLAYER_MIN_PYTHON is not a minimal environment"
+    results, modules = _check_in_fresh_process(python, manifest)
+    assert sorted(results) == sorted(saved)
+    for name, r in results.items():
+        assert r["identical"] and r["batch_sizes_ok"] and r["resave_identical"], (name, r)
+        assert r["loss_fell"] and r["weights_changed"], (name, r)
+        if saved[name]["has_state"]:
+            assert r["state_changed"], name
+    assert modules == []
 
 
 def test_archive_holds_programs_and_the_config_no_code(tmp_path):

@@ -371,6 +371,12 @@ class ExportedModel:
         blob = self.blobs[name]
         try:
             return jax.export.deserialize(bytearray(blob))
+        except ImportError as error:
+            raise ImportError(
+                f"Reading a portable JaxLayer needs the `flatbuffers` package "
+                f"({error}). Install it with `pip install flatbuffers` (a "
+                f"dependency of jaxlayer)."
+            ) from error
         except Exception as error:  # noqa: BLE001 - reported with both versions
             raise ValueError(
                 f"Cannot read the portable JaxLayer's program `{name}`: it was "

@@ -1,4 +1,4 @@
-"""The `jaxlayer` command: `jaxlayer demo | info | bench`.
+"""The `jaxlayer` command: `jaxlayer demo | info | inspect | bench`.
 
 `demo` trains a small CNN on scikit-learn's digits with the chosen framework
 and Keras backend (see `jaxlayer.demo`); `info` lists versions, optional
@@ -13,6 +13,7 @@ import argparse
 import importlib
 import importlib.metadata
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -46,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="jaxlayer",
         description="JAX models as Keras 3 layers: demo, environment info, benchmarks.",
     )
-    commands = parser.add_subparsers(dest="command", metavar="{demo,info,bench}")
+    commands = parser.add_subparsers(dest="command", metavar="{demo,info,inspect,bench}")
     commands.required = True
     demo = commands.add_parser(
         "demo",
@@ -71,12 +72,28 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo-out", help="output directory (default: demo-out)")
     demo.add_argument("--seed", type=int, default=0, help="default: 0")
     demo.add_argument(
+        "--reload-python",
+        default=None,
+        help="Python interpreter for the fresh-process reload check (default: this one; "
+        "the model is saved portably, so an environment with only keras and jax works: "
+        "`make demo` uses .venv-min)",
+    )
+    demo.add_argument(
         "--min-accuracy",
         type=float,
         default=0.95,
         help="required held-out accuracy (default: 0.95)",
     )
     commands.add_parser("info", help="versions, optional packages, Keras backend, JAX devices")
+    inspect = commands.add_parser(
+        "inspect",
+        help="list the JaxLayers in a .keras file without building the model",
+        description="Print each JaxLayer in a .keras file: portable or source-based, its "
+        "jax.export platforms and jax version, its inputs, and its params/state tree "
+        "(paths, shapes, dtypes, counts). Reads only the file: no model is built and no "
+        "user code or framework is imported.",
+    )
+    inspect.add_argument("path", help="a .keras file")
     commands.add_parser(
         "bench",
         help="run the benchmarks (from a source checkout); arguments go to benchmarks/run.py",
@@ -101,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "info":
         return _info()
+    if args.command == "inspect":
+        return _inspect(args.path)
     return _demo(args)
 
 
@@ -124,6 +143,7 @@ def _demo(args: argparse.Namespace) -> int:
             args.out,
             seed=args.seed,
             min_accuracy=args.min_accuracy,
+            reload_python=args.reload_python,
         )
     except MissingDependency as error:
         print(f"jaxlayer demo: {error}", file=sys.stderr)
@@ -153,8 +173,24 @@ def _demo_in_child(args: argparse.Namespace, active: str) -> int:
         "--seed", str(args.seed),
         "--min-accuracy", str(args.min_accuracy),
     ]  # fmt: skip
+    if args.reload_python:
+        command += ["--reload-python", args.reload_python]
     env = dict(os.environ, KERAS_BACKEND=args.backend, **{_CHILD_ENV: "1"})
     return subprocess.run(command, env=env).returncode
+
+
+def _inspect(path: str) -> int:
+    import zipfile
+
+    from jaxlayer._inspect import describe_file, format_description
+
+    try:
+        description = describe_file(path)
+    except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as error:
+        print(f"jaxlayer inspect: cannot read {path!r} as a .keras file: {error}", file=sys.stderr)
+        return 2
+    print(format_description(description))
+    return 0
 
 
 def _reload_check(argv: list[str]) -> int:

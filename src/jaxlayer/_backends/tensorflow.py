@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import sys
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -61,6 +62,41 @@ def _numpy_value(value: Any) -> np.ndarray:
     if hasattr(value, "numpy"):
         value = value.numpy()
     return np.asarray(value)
+
+
+def _in_keras_onnx_export() -> bool:
+    """Whether Keras's `export_onnx` is on the call stack.
+
+    On this backend `model.export(format="onnx")` traces the model into a
+    `tf.function` exactly as `format="tf_saved_model"` does, then hands the
+    graph to tf2onnx, which cannot convert the `XlaCallModule` op jax2tf
+    emits. Nothing in the trace tells the two apart, so while TensorFlow
+    traces a graph the caller's frames are checked for that Keras function
+    (by module and name). A Keras that moves it only loses this early error.
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "export_onnx" and frame.f_globals.get("__name__") == _KERAS_ONNX:
+            return True
+        frame = frame.f_back
+    return False
+
+
+_KERAS_ONNX = "keras.src.export.onnx"
+
+
+def _onnx_export_message() -> str:
+    return (
+        "JaxLayer cannot be exported to ONNX on the tensorflow backend: Keras "
+        "converts the TensorFlow graph with tf2onnx, which cannot convert the "
+        "`XlaCallModule` op that holds the layer's JAX program. Export ONNX on the "
+        "jax backend instead (KERAS_BACKEND=jax, then `model.export(path, "
+        "format=\"onnx\")`, which converts the JAX program with jax2onnx); a "
+        "`.keras` file saved on any backend loads there. On the tensorflow backend, "
+        "`format=\"tf_saved_model\"` and `format=\"litert\"` work. "
+        "Received: format=onnx"
+    )
 
 
 class _InputSignature:
@@ -162,6 +198,8 @@ class TensorflowBridge(Bridge):
 
     def run(self, program, params, state, rng, inputs, training):
         tf = _tf()
+        if tf.inside_function() and _in_keras_onnx_export():
+            raise ValueError(_onnx_export_message())
         inputs = jax.tree.map(tf.convert_to_tensor, inputs)
         params = [tf.convert_to_tensor(p) for p in params]
         state = [tf.convert_to_tensor(s) for s in state]

@@ -19,6 +19,7 @@ memory with a tensor torch can mutate. Values handed out of the layer
 from __future__ import annotations
 
 import functools
+import sys
 import weakref
 from typing import Any
 
@@ -380,6 +381,58 @@ def _variables_device(params, state) -> torch.device:
     return torch.device(get_device())
 
 
+# Keras's export modules, by the format they write (for error messages only).
+_KERAS_EXPORT_MODULES = {
+    "keras.src.export.onnx": "onnx",
+    "keras.src.export.torch": "torch",
+    "keras.src.export.litert": "litert",
+}
+
+
+def _keras_export_format() -> str | None:
+    """The format of the Keras `model.export` on the call stack, if any."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        found = _KERAS_EXPORT_MODULES.get(frame.f_globals.get("__name__"))
+        if found is not None:
+            return found
+        frame = frame.f_back
+    return None
+
+
+def _check_not_traced_by_torch() -> None:
+    """Raises a clear error when torch traces the layer to export it.
+
+    `torch.onnx.export` (TorchScript or dynamo), `torch.export` (Keras's
+    `format="torch"`, and `format="litert"` through litert-torch) and
+    `torch.jit.trace` record torch operations only: they cannot see into the
+    JAX program, and would fail deep inside the exporter or, without
+    gradients, store the example batch's outputs as constants.
+    """
+    if not (torch.jit.is_tracing() or torch.compiler.is_exporting()):
+        return
+    if torch.onnx.is_in_onnx_export():
+        raise ValueError(
+            "JaxLayer cannot be exported to ONNX on the torch backend: torch.onnx "
+            "records torch operations and cannot trace into the JAX program the "
+            "layer runs. Export ONNX on the jax backend instead (KERAS_BACKEND=jax, "
+            "then `model.export(path, format=\"onnx\")`, which converts the JAX "
+            "program with jax2onnx); a `.keras` file saved on any backend loads "
+            "there. Received: format=onnx"
+        )
+    found = _keras_export_format()
+    received = f"format={found}" if found else "a call traced by torch.export or torch.jit.trace"
+    raise ValueError(
+        "JaxLayer cannot be traced by torch.export or torch.jit.trace (which Keras's "
+        "`format=\"torch\"` and, on the torch backend, `format=\"litert\"` exports "
+        "use): they record torch operations and cannot trace into the JAX program "
+        "the layer runs. Export on the jax backend (`format=\"onnx\"`) or on the "
+        "tensorflow backend (`format=\"tf_saved_model\"` or `format=\"litert\"`) "
+        "instead; a `.keras` file saved on any backend loads there. "
+        f"Received: {received}"
+    )
+
+
 class TorchBridge(Bridge):
     name = "torch"
 
@@ -415,6 +468,7 @@ class TorchBridge(Bridge):
 
     @torch.compiler.disable
     def run(self, program, params, state, rng, inputs, training):
+        _check_not_traced_by_torch()
         keys = jax.tree.map(_seed_to_key, rng)
         input_leaves, inputs_treedef = jax.tree.flatten(inputs)
         device = _variables_device(params, state)

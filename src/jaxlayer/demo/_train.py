@@ -14,7 +14,7 @@ import numpy as np
 from . import models
 from ._data import load_digits
 from ._deps import BACKEND_REQUIREMENTS, MATPLOTLIB, SKLEARN, check
-from ._reload import check_in_fresh_process, compare, predict
+from ._reload import PORTABLE, check_in_fresh_process, compare, predict
 from ._report import plot_history, write_metrics
 
 MODEL_FILE = "model.keras"
@@ -55,6 +55,7 @@ def run_demo(
     batch_size: int = 16,
     learning_rate: float = 3e-3,
     fresh_process_check: bool = True,
+    reload_python: str | None = None,
     stream: TextIO | None = None,
 ) -> dict[str, Any]:
     """Trains, evaluates, saves and reloads the demo model in the active Keras backend.
@@ -68,6 +69,8 @@ def run_demo(
         batch_size: training batch size.
         learning_rate: Adam's initial learning rate (cosine decay to 5%).
         fresh_process_check: also reload the saved model in a new interpreter.
+        reload_python: the interpreter for that check (default: this one); the
+            model is saved portably, so one with only keras and jax will do.
         stream: where the summary is printed (default: stdout).
 
     Returns:
@@ -108,8 +111,10 @@ def run_demo(
     n_validation = len(data.x_train) - math.ceil(len(data.x_train) * (1 - validation_split))
     steps_per_epoch = math.ceil((len(data.x_train) - n_validation) / batch_size)
 
+    layer = model_module.make_layer(seed)
+    layer.save_as = "portable"  # model.keras loads without the framework or this code
     model = keras.Sequential(
-        [keras.Input(data.x_train.shape[1:]), model_module.make_layer(seed)],
+        [keras.Input(data.x_train.shape[1:]), layer],
         name=f"digits_{framework}",
     )
     model.compile(
@@ -154,7 +159,7 @@ def run_demo(
     same_ok, same_message = compare(predictions, predict(reloaded, data.x_test))
     if fresh_process_check:
         fresh_ok, fresh_message = check_in_fresh_process(
-            model_path, data.x_test, predictions, backend, framework
+            model_path, data.x_test, predictions, backend, PORTABLE, reload_python
         )
     else:
         fresh_ok, fresh_message = None, "skipped"
@@ -184,8 +189,10 @@ def run_demo(
         "test_accuracy": test_accuracy,
         "min_accuracy": min_accuracy,
         "reload": {
+            "portable": True,
             "same_process_identical": same_ok,
             "fresh_process_identical": fresh_ok,
+            "fresh_process_python": reload_python or sys.executable,
         },
         "passed": passed,
         "files": {"model": str(model_path), "plot": str(plot_path), "metrics": str(metrics_path)},
@@ -209,7 +216,8 @@ def run_demo(
     say(f"  held-out accuracy          {test_accuracy:.4f} on {len(data.x_test)} digits ({mark})")
     say(f"  saved model                {model_path}")
     say(f"  reload, same process       {same_message}")
-    say(f"  reload, fresh process      {fresh_message} (KERAS_BACKEND={backend})")
+    where = f"KERAS_BACKEND={backend}, {reload_python or sys.executable}"
+    say(f"  reload, fresh process      {fresh_message} ({where})")
     say(f"  training curves            {plot_path}")
     say(f"  metrics                    {metrics_path}")
     say("PASSED" if passed else "FAILED")

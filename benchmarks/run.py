@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-WORKLOADS = ("fit", "eager", "predict", "build", "backends", "scaling")
+WORKLOADS = ("fit", "eager", "predict", "build", "backends", "scaling", "portable")
 
 
 def parse_args(argv=None) -> argparse.Namespace:

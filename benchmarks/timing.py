@@ -200,7 +200,7 @@ def format_value(value: float | None, unit: str) -> str:
         return "-"
     if unit == "ms":
         return f"{value * 1e3:.3f}"
-    return f"{value:.1f}"
+    return f"{value:.2f}"
 
 
 def format_table(rows: list[Row]) -> str:

@@ -64,6 +64,9 @@ def _numpy_value(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
+_KERAS_ONNX = "keras.src.export.onnx"
+
+
 def _in_keras_onnx_export() -> bool:
     """Whether Keras's `export_onnx` is on the call stack.
 
@@ -83,18 +86,15 @@ def _in_keras_onnx_export() -> bool:
     return False
 
 
-_KERAS_ONNX = "keras.src.export.onnx"
-
-
 def _onnx_export_message() -> str:
     return (
         "JaxLayer cannot be exported to ONNX on the tensorflow backend: Keras "
         "converts the TensorFlow graph with tf2onnx, which cannot convert the "
         "`XlaCallModule` op that holds the layer's JAX program. Export ONNX on the "
         "jax backend instead (KERAS_BACKEND=jax, then `model.export(path, "
-        "format=\"onnx\")`, which converts the JAX program with jax2onnx); a "
+        'format="onnx")`, which converts the JAX program with jax2onnx); a '
         "`.keras` file saved on any backend loads there. On the tensorflow backend, "
-        "`format=\"tf_saved_model\"` and `format=\"litert\"` work. "
+        '`format="tf_saved_model"` and `format="litert"` work. '
         "Received: format=onnx"
     )
 

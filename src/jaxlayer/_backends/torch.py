@@ -406,8 +406,10 @@ def _check_not_traced_by_torch() -> None:
     `torch.onnx.export` (TorchScript or dynamo), `torch.export` (Keras's
     `format="torch"`, and `format="litert"` through litert-torch) and
     `torch.jit.trace` record torch operations only: they cannot see into the
-    JAX program, and would fail deep inside the exporter or, without
-    gradients, store the example batch's outputs as constants.
+    JAX program, and fail deep inside the tracer with errors that do not say
+    why (a tensor that requires grad "as a constant", or an output with "no
+    observable data dependence" on the inputs). Checked on every call: two
+    flag reads.
     """
     if not (torch.jit.is_tracing() or torch.compiler.is_exporting()):
         return
@@ -416,7 +418,7 @@ def _check_not_traced_by_torch() -> None:
             "JaxLayer cannot be exported to ONNX on the torch backend: torch.onnx "
             "records torch operations and cannot trace into the JAX program the "
             "layer runs. Export ONNX on the jax backend instead (KERAS_BACKEND=jax, "
-            "then `model.export(path, format=\"onnx\")`, which converts the JAX "
+            'then `model.export(path, format="onnx")`, which converts the JAX '
             "program with jax2onnx); a `.keras` file saved on any backend loads "
             "there. Received: format=onnx"
         )
@@ -424,10 +426,10 @@ def _check_not_traced_by_torch() -> None:
     received = f"format={found}" if found else "a call traced by torch.export or torch.jit.trace"
     raise ValueError(
         "JaxLayer cannot be traced by torch.export or torch.jit.trace (which Keras's "
-        "`format=\"torch\"` and, on the torch backend, `format=\"litert\"` exports "
+        '`format="torch"` and, on the torch backend, `format="litert"` exports '
         "use): they record torch operations and cannot trace into the JAX program "
-        "the layer runs. Export on the jax backend (`format=\"onnx\"`) or on the "
-        "tensorflow backend (`format=\"tf_saved_model\"` or `format=\"litert\"`) "
+        'the layer runs. Export on the jax backend (`format="onnx"`) or on the '
+        'tensorflow backend (`format="tf_saved_model"` or `format="litert"`) '
         "instead; a `.keras` file saved on any backend loads there. "
         f"Received: {received}"
     )

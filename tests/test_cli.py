@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 
+import jax
 import keras
 import numpy as np
 import pytest
@@ -121,17 +122,21 @@ def _held_out():
 @needs_demo_packages
 def test_demo_jax_trains_writes_files_and_reloads_identically(tmp_path):
     out = tmp_path / "out"
+    # make test points JAXLAYER_MIN_PYTHON at .venv-min (keras + jax only), as make demo does.
+    python = os.environ.get("JAXLAYER_MIN_PYTHON") or sys.executable
     result = run_cli("demo", "--framework", "jax", "--epochs", "2", "--min-accuracy", "0.5",
-                     "--out", str(out))  # fmt: skip
+                     "--out", str(out), "--reload-python", python)  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "reload, same process       predictions identical" in result.stdout
-    assert "reload, fresh process      predictions identical (KERAS_BACKEND=jax)" in result.stdout
+    assert f"reload, fresh process      predictions identical (KERAS_BACKEND=jax, {python})" in result.stdout
     assert "PASSED" in result.stdout
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["framework"] == "jax" and metrics["backend"] == "jax"
     assert metrics["passed"] is True
-    assert metrics["reload"] == {"same_process_identical": True, "fresh_process_identical": True}
+    assert metrics["reload"] == {"portable": True, "same_process_identical": True,
+                                 "fresh_process_identical": True, "fresh_process_python": python}
+    assert "layer `jax_cnn` (JaxLayer): portable" in run_cli("inspect", str(out / "model.keras")).stdout
     assert metrics["parameters"] == {"trainable": 104_930, "non_trainable": 0}
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
         assert len(metrics["history"][key]) == 2
@@ -172,11 +177,11 @@ def test_demo_haiku_below_required_accuracy_exits_nonzero_but_writes_everything(
     result = run_cli("demo", "--epochs", "1", "--min-accuracy", "1.0", "--out", str(out))
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
     assert "BELOW the required 1.00" in result.stdout and "FAILED" in result.stdout
-    assert "reload, fresh process      predictions identical (KERAS_BACKEND=jax)" in result.stdout
+    assert f"reload, fresh process      predictions identical (KERAS_BACKEND=jax, {sys.executable})" in result.stdout
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["framework"] == "haiku" and metrics["passed"] is False
     assert metrics["test_accuracy"] < 1.0
-    assert metrics["reload"] == {"same_process_identical": True, "fresh_process_identical": True}
+    assert metrics["reload"]["same_process_identical"] and metrics["reload"]["fresh_process_identical"]
     assert (out / "training.png").stat().st_size > 10_000
     assert (out / "model.keras").stat().st_size > 100_000  # ~105k float32 weights
 
@@ -267,3 +272,39 @@ def test_bench_runs_benchmarks_run_main_with_the_arguments(monkeypatch, tmp_path
     assert sys.modules["benchmarks.run"].RECEIVED == [["--quick", "eager"]]
     for name in ("benchmarks", "benchmarks.run"):
         sys.modules.pop(name, None)
+
+
+def test_inspect_lists_portable_and_source_layers_without_building(tmp_path, capsys):
+    import jax.numpy as jnp
+
+    from jaxlayer import JaxLayer
+
+    params = {"dense": {"kernel": jnp.ones((4, 3)), "bias": jnp.zeros(3)}, "steps": jnp.zeros((), "int32")}
+    layer = JaxLayer(lambda params, inputs: inputs @ params["dense"]["kernel"], params=params, name="body")
+    model = keras.Sequential([keras.Input((4,)), layer])
+    model.save(tmp_path / "m.keras")
+    assert cli.main(["inspect", str(tmp_path / "m.keras")]) == 0
+    out = capsys.readouterr().out
+    assert "layer `body` (JaxLayer): portable" in out
+    assert "6 jax.export programs" in out and "platforms: cpu, cuda" in out
+    assert f"saved with jax {jax.__version__}" in out and ": readable" in out
+    assert "inputs: float32[?, 4]" in out and "outputs (inference): float32[?, 3]" in out
+    assert "params: 3 arrays, 16 values" in out
+    assert "dense.kernel  float32[4, 3]" in out and "steps         int32[]" in out
+
+
+def test_inspect_source_form_and_a_bad_file(tmp_path, capsys):
+    sys.path.insert(0, os.path.dirname(__file__))
+    from saving_models import saved_call, saved_init
+
+    from jaxlayer import JaxLayer
+
+    model = keras.Sequential([keras.Input((4,)), JaxLayer(saved_call, saved_init, name="body")])
+    model.save(tmp_path / "s.keras")
+    assert cli.main(["inspect", str(tmp_path / "s.keras")]) == 0
+    out = capsys.readouterr().out
+    assert "layer `body` (JaxLayer): source" in out and "jaxlayer_tests>saved_call" in out
+    assert "params: 4 arrays" in out
+    (tmp_path / "bad.keras").write_text("not a zip")
+    assert cli.main(["inspect", str(tmp_path / "bad.keras")]) == 2
+    assert "cannot read" in capsys.readouterr().err

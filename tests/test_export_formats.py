@@ -103,13 +103,6 @@ def test_onnx_on_jax_runs_in_onnxruntime(kind, tmp_path):
 
 
 @_only_on("jax")
-@pytest.mark.xfail(
-    strict=True,
-    raises=NotImplementedError,
-    reason="jax2onnx has no lowering for `call_exported` (the loaded jax.export "
-    "programs); the clear ValueError must be raised from the jax bridge or the "
-    "portable program, outside the backend files of this change",
-)
 def test_onnx_on_jax_of_a_loaded_portable_model_says_to_use_the_source(tmp_path):
     pytest.importorskip("jax2onnx")
     model = _model("loaded", tmp_path)

@@ -425,6 +425,18 @@ class ExportedModel:
         return run
 
     def __call__(self, *args: Any) -> Any:
+        # Runs while JAX traces the layer (never per eager call), so the stack
+        # check below costs nothing at run time.
+        from ._backends.tensorflow import in_keras_onnx_export
+
+        if in_keras_onnx_export():
+            raise ValueError(
+                "A portable JaxLayer (loaded from jax.export programs) cannot be "
+                "exported to ONNX: jax2onnx converts JAX operations, and the stored "
+                "programs are already compiled StableHLO. Export ONNX from the model "
+                "built with its source code (on the jax backend), or export this one "
+                'with format="tf_saved_model". Received: format=onnx'
+            )
         values = dict(zip(self.__signature__.parameters, args))
         training = bool(values.get("training", False))
         params = values.get("params")

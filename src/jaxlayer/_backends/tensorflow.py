@@ -67,7 +67,7 @@ def _numpy_value(value: Any) -> np.ndarray:
 _KERAS_ONNX = "keras.src.export.onnx"
 
 
-def _in_keras_onnx_export() -> bool:
+def in_keras_onnx_export() -> bool:
     """Whether Keras's `export_onnx` is on the call stack.
 
     On this backend `model.export(format="onnx")` traces the model into a
@@ -198,7 +198,7 @@ class TensorflowBridge(Bridge):
 
     def run(self, program, params, state, rng, inputs, training):
         tf = _tf()
-        if tf.inside_function() and _in_keras_onnx_export():
+        if tf.inside_function() and in_keras_onnx_export():
             raise ValueError(_onnx_export_message())
         inputs = jax.tree.map(tf.convert_to_tensor, inputs)
         params = [tf.convert_to_tensor(p) for p in params]

@@ -295,9 +295,8 @@ def test_inspect_lists_portable_and_source_layers_without_building(tmp_path, cap
 
 def test_inspect_source_form_and_a_bad_file(tmp_path, capsys):
     sys.path.insert(0, os.path.dirname(__file__))
-    from saving_models import saved_call, saved_init
-
     from jaxlayer import JaxLayer
+    from saving_models import saved_call, saved_init
 
     model = keras.Sequential([keras.Input((4,)), JaxLayer(saved_call, saved_init, name="body")])
     model.save(tmp_path / "s.keras")

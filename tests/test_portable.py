@@ -224,3 +224,21 @@ def test_jax_version_outside_the_window_is_a_clear_error():
     metadata = {"format_version": 1, "jax_version": "0.4.1", "calling_convention_version": 3}
     with pytest.raises(ValueError, match=r"saved with jax 0\.4\.1 \(calling convention 3\); this is jax .* too old for it"):
         check_versions(metadata)
+
+
+def test_unknown_dimensions_stay_symbolic(tmp_path):
+    """Built with an unknown sequence length: the program takes any length."""
+    import jax.numpy as jnp
+
+    from jaxlayer import JaxLayer
+
+    def call_fn(params, inputs):  # (batch, time, 4) -> (batch, 4): mean over time
+        return jnp.tanh(inputs @ params["w"]).mean(axis=1)
+
+    model = keras.Sequential([keras.Input((None, 4)), JaxLayer(call_fn, params={"w": np.eye(4, dtype="float32")})])
+    model.save(tmp_path / "seq.keras")
+    loaded = keras.models.load_model(tmp_path / "seq.keras")
+    assert loaded.layers[0].exported.describe_inputs() == "float32[?, ?, 4]"
+    for batch, steps in ((1, 3), (5, 11)):
+        x = np.random.default_rng(steps).normal(size=(batch, steps, 4)).astype("float32")
+        np.testing.assert_allclose(to_numpy(loaded(x)), to_numpy(model(x)), rtol=1e-6, atol=1e-6)

@@ -6,6 +6,7 @@ is constructed, no user code or framework is imported, no program is run.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zipfile
 from typing import Any
@@ -23,7 +24,12 @@ def describe_file(path: str) -> dict:
     with zipfile.ZipFile(path) as archive:
         config = json.loads(archive.read("config.json"))
         metadata = json.loads(archive.read("metadata.json")) if "metadata.json" in archive.namelist() else {}
-        sizes = {info.filename: info.file_size for info in archive.infolist()}
+        # Program sizes by content hash: the config records each program's SHA-256.
+        sizes = {
+            hashlib.sha256(archive.read(info.filename)).hexdigest(): info.file_size
+            for info in archive.infolist()
+            if info.filename.endswith(".jaxexport")
+        }
     layers = [_describe_layer(record, sizes) for record in _jaxlayer_records(config)]
     return {"path": str(path), "keras_version": metadata.get("keras_version"), "layers": layers}
 
@@ -53,11 +59,7 @@ def _describe_layer(record: dict, sizes: dict) -> dict:
         "state": _tree_rows(config.get("state_spec")),
     }
     if portable:
-        programs = {
-            name: size
-            for name, size in sizes.items()
-            if name.endswith(".jaxexport") and f"/{config.get('name')}/" in f"/{name}"
-        }
+        digests = portable.get("sha256", {}).values()
         layer.update(
             {
                 "saved_from": portable.get("class_name"),
@@ -69,7 +71,8 @@ def _describe_layer(record: dict, sizes: dict) -> dict:
                     flag: _shapes(record_["outputs"]) for flag, record_ in portable["flags"].items()
                 },
                 "programs": len(portable.get("sha256", {})),
-                "program_bytes": sum(programs.values()),
+                "program_bytes": sum(sizes.get(digest, 0) for digest in digests),
+                "programs_found": sum(digest in sizes for digest in digests),
             }
         )
     else:
@@ -124,9 +127,11 @@ def format_description(description: dict) -> str:
         lines.append("")
         lines.append(f"layer `{layer['name']}` ({layer['class']}): {layer['form']}")
         if layer["form"] == "portable":
+            missing = layer["programs"] - layer["programs_found"]
             lines.append(
                 f"  {layer['programs']} jax.export programs, {layer['program_bytes']:,} bytes, "
                 f"saved from a {layer['saved_from']}"
+                + (f" ({missing} MISSING from the archive)" if missing else "")
             )
             low = jax.export.minimum_supported_calling_convention_version
             high = jax.export.maximum_supported_calling_convention_version

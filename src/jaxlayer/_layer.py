@@ -1,9 +1,10 @@
 """`JaxLayer`: a Keras layer holding a JAX model's PyTrees as Keras variables.
 
-This module binds the model into Keras (build, call, symbolic shapes, config);
-it never looks at the active backend. Argument binding lives in
-`_signature`, PyTree <-> variable bookkeeping in `_variables`, the pure
-function in `_program`, and everything backend-specific in `_backends`.
+This module binds the model into Keras (build, call, symbolic shapes); it
+never looks at the active backend. Argument binding lives in `_signature`,
+PyTree <-> variable bookkeeping in `_variables`, the pure function in
+`_program`, saving (config, assets, portable export) in `_layer_saving` and
+`_export`, and everything backend-specific in `_backends`.
 """
 
 from __future__ import annotations

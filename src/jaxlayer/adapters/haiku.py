@@ -32,9 +32,10 @@ class HaikuLayer(AdapterLayer):
     and updated by each training call; `hk.next_rng_key()` gets a fresh key on
     every training call (`rng` is None in inference).
 
-    `model.save` works when the transformed function is a registered Keras
-    serializable (`@keras.saving.register_keras_serializable()` on the
-    function given to `hk.transform`); `save_weights` always works.
+    `model.save` refers to the transformed function when it is a registered
+    Keras serializable (`@keras.saving.register_keras_serializable()` on the
+    function given to `hk.transform`), and otherwise stores the model as
+    `jax.export` programs that load without Haiku (see `save_as`).
 
     Args:
         transformed: an `hk.Transformed` or `hk.TransformedWithState`.

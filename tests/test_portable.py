@@ -242,3 +242,18 @@ def test_unknown_dimensions_stay_symbolic(tmp_path):
     for batch, steps in ((1, 3), (5, 11)):
         x = np.random.default_rng(steps).normal(size=(batch, steps, 4)).astype("float32")
         np.testing.assert_allclose(to_numpy(loaded(x)), to_numpy(model(x)), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.needs_training
+def test_model_checkpoint_saves_an_unregistered_model_that_loads(tmp_path):
+    from jaxlayer import PortableLayer
+
+    model, _, _ = BUILDERS["plain_closure"]()
+    x, y = data()
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    path = tmp_path / "best.keras"
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0,
+              callbacks=[keras.callbacks.ModelCheckpoint(path, monitor="loss", save_best_only=False)])
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded.layers[0], PortableLayer)
+    np.testing.assert_array_equal(to_numpy(loaded.predict(x, verbose=0)), to_numpy(model.predict(x, verbose=0)))

@@ -255,3 +255,21 @@ def test_importing_jaxlayer_imports_no_framework():
     lines = result.stdout.strip().splitlines()
     assert lines[-2] == "[]"
     assert lines[-1] == "False"  # even the class is loaded without importing flax
+
+
+def test_method_bound_to_an_equal_module_is_saved_by_name(tmp_path):
+    """Keras's layer saves `method=other.__call__` by name when `other == module`
+    (Flax modules compare by their fields); so does ours, in the source form."""
+    other = LinenMLP(hidden=8)
+    layer = FlaxLayer(LinenMLP(hidden=8), method=other.__call__, save_as="source")
+    model = keras.Sequential([keras.Input((8,)), layer])
+    assert layer.get_config()["method"] == "__call__"
+    expected = to_numpy(model(X))
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert isinstance(loaded.layers[0], FlaxLayer) and loaded.layers[0].method == "__call__"
+    np.testing.assert_array_equal(to_numpy(loaded(X)), expected)
+    different = FlaxLayer(LinenMLP(hidden=8), method=LinenMLP(hidden=16).__call__, save_as="source")
+    keras.Sequential([keras.Input((8,)), different])
+    with pytest.raises(ValueError, match=r"`method`.*is not registered"):
+        different.get_config()

@@ -130,20 +130,30 @@ def test_failed_variable_creation_rolls_back(monkeypatch):
     assert len(layer.weights) == 4
 
 
-def test_string_leaves_stay_static():
+def test_string_leaves_stay_static_and_python_numbers_become_variables():
     def init_fn(rng, inputs):
-        return {"a": jnp.ones(3), "b": np.array(["text"]), "mode": "relu", "n": 3}
+        return {"a": jnp.ones(3), "b": np.array(["text"]), "mode": "relu", "n": 3, "scale": 0.5,
+                "flag": True}
 
     seen = {}
 
     def call_fn(params, inputs):
-        seen.update(mode=params["mode"], n=params["n"])
-        return inputs * params["a"]
+        seen.update(mode=params["mode"], n=params["n"].dtype, scale=params["scale"].dtype)
+        return inputs * params["a"] * params["scale"]
 
     layer = JaxLayer(call_fn, init_fn)
-    layer(np.ones((1, 3), "float32"))
-    assert [v.name for v in layer.weights] == ["a"]
-    assert layer.params["b"][0] == "text" and seen == {"mode": "relu", "n": 3}
+    out = layer(np.ones((1, 3), "float32"))
+    np.testing.assert_allclose(to_numpy(out), np.full((1, 3), 0.5))
+    # As in keras.layers.JaxLayer: Python numbers are scalar variables (the
+    # float one trainable, following the dtype policy); strings stay static.
+    names = {v.name: (v.trainable, v.dtype, tuple(v.shape)) for v in layer.weights}
+    assert names == {"a": (True, "float32", (3,)), "scale": (True, "float32", ()),
+                     "n": (False, "int32", ()), "flag": (False, "bool", ())}
+    assert layer.params["b"][0] == "text" and seen == {"mode": "relu", "n": "int32", "scale": "float32"}
+    params = layer.get_params()
+    params["scale"] = 2.0  # a Python number is accepted where a scalar variable is
+    layer.set_params(params)
+    np.testing.assert_allclose(to_numpy(layer(np.ones((1, 3), "float32"))), np.full((1, 3), 2.0))
 
 
 def test_init_fn_returns_params_alone_when_state_expected():

@@ -170,9 +170,15 @@ def test_random_pytrees_survive_variables_call_and_get_set(tree):
 
     layer = JaxLayer(call_fn, params=tree)
     outputs = layer(np.ones((1, 2), "float32"))
-    # float16 leaves follow the layer's float32 policy; other dtypes are kept.
-    expected = jax.tree.map(
-        lambda x: x.astype("float32") if is_array(x) and x.dtype.kind == "f" else x, tree)
+    # Python numbers become scalar variables (int32, float32), as in
+    # keras.layers.JaxLayer; float16 leaves follow the layer's float32
+    # policy; other dtypes are kept; None and strings stay static.
+    def expected_leaf(x):
+        if isinstance(x, (int, float)) and not isinstance(x, bool):
+            x = np.asarray(x, "int32" if isinstance(x, int) else "float32")
+        return x.astype("float32") if is_array(x) and x.dtype.kind == "f" else x
+
+    expected = jax.tree.map(expected_leaf, tree)
     expected_arrays = [x for x in jax.tree.leaves(expected) if is_array(x)]
     assert seen["structure"] == jax.tree.structure(expected)
     assert seen["static"] == [x for x in jax.tree.leaves(expected) if not is_array(x)]

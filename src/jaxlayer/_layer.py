@@ -22,7 +22,14 @@ from ._layer_saving import LayerSaving, check_save_as
 from ._program import AbstractInput, Program, is_shape, placeholders, shape_tree_from_keras
 from ._saving import decode_tree
 from ._signature import CALL_FN_ARGUMENTS, INIT_FN_ARGUMENTS, FunctionSignature, describe
-from ._variables import TreeLayout, check_leaf, is_array_leaf, unique_names
+from ._variables import (
+    TreeLayout,
+    as_array,
+    check_leaf,
+    is_array_leaf,
+    is_python_number,
+    unique_names,
+)
 
 
 def _is_float(dtype: Any) -> bool:
@@ -215,6 +222,7 @@ class JaxLayer(LayerSaving, keras.layers.Layer):
         try:
             param_variables = []
             for name, leaf in zip(param_names, _released_one_by_one(param_leaves)):
+                leaf = as_array(leaf)
                 float_leaf = _is_float(leaf.dtype)
                 variable = self.add_weight(
                     shape=tuple(leaf.shape),
@@ -229,6 +237,7 @@ class JaxLayer(LayerSaving, keras.layers.Layer):
                 param_variables.append(variable)
             state_variables = []
             for name, leaf in zip(state_names, _released_one_by_one(state_leaves)):
+                leaf = as_array(leaf)
                 variable = self.add_weight(
                     shape=tuple(leaf.shape),
                     # State keeps its own dtype and is never autocast, like
@@ -500,6 +509,11 @@ class JaxLayer(LayerSaving, keras.layers.Layer):
         )
         what = f"`{method}` received a tree that"
         arrays = layout.match(tree, f"The tree passed to `{method}`", fix)
+        # A Python number where the variable is a scalar takes its dtype.
+        arrays = [
+            np.asarray(leaf, dtype=_canonical_dtype(v.dtype)) if is_python_number(leaf) else leaf
+            for leaf, v in zip(arrays, variables)
+        ]
         for path, leaf, variable in zip(layout.array_paths, arrays, variables):
             if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
                 leaf_type = type(leaf).__name__

@@ -66,7 +66,7 @@ def encode_tree(tree: Any, dtypes: list, custom_nodes: bool = False) -> Any:
         if node is None:
             return {"none": None}
         if is_array_leaf(node):
-            return {"array": {"shape": list(node.shape), "dtype": np.dtype(next(dtype_iter)).name}}
+            return {"array": {"shape": list(np.shape(node)), "dtype": np.dtype(next(dtype_iter)).name}}
         if isinstance(node, (bool, int, float, str)):
             return {"value": node}
         if type(node) is dict and all(isinstance(k, str) for k in node):

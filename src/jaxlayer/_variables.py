@@ -3,7 +3,9 @@ their dtypes, and structure / shape / dtype checks for trees coming back in.
 
 A `TreeLayout` remembers one PyTree (the model's `params` or `state`): its tree
 definition, which leaves are arrays (held as Keras variables) and which are
-static (None, strings, Python scalars, ...; handed to `call_fn` unchanged).
+static (None, strings and other objects; handed to `call_fn` unchanged).
+As in keras.layers.JaxLayer, Python `bool` / `int` / `float` leaves are
+values, not configuration: they become scalar variables (`as_array`).
 """
 
 from __future__ import annotations
@@ -16,11 +18,28 @@ import jax
 import numpy as np
 
 # Leaves of these kinds are configuration, never variables.
-_STATIC_SCALARS = (bool, int, float, complex, str, bytes)
+_STATIC_SCALARS = (complex, str, bytes)
+# Python numbers become scalar variables of these dtypes (floats then follow
+# the layer's dtype policy), as keras.layers.JaxLayer makes them.
+_PYTHON_NUMBER_DTYPES = ((bool, np.dtype("bool")), (int, np.dtype("int32")), (float, np.dtype("float32")))
+
+
+def is_python_number(leaf: Any) -> bool:
+    return isinstance(leaf, (bool, int, float))
+
+
+def as_array(leaf: Any) -> Any:
+    """A Python bool/int/float as a NumPy scalar array; anything else unchanged."""
+    for kind, dtype in _PYTHON_NUMBER_DTYPES:
+        if isinstance(leaf, kind):
+            return np.asarray(leaf, dtype=dtype)
+    return leaf
 
 
 def is_array_leaf(leaf: Any) -> bool:
-    """True for numeric array-likes that become Keras variables."""
+    """True for numeric array-likes and Python numbers: they become Keras variables."""
+    if is_python_number(leaf):
+        return True
     if leaf is None or isinstance(leaf, _STATIC_SCALARS):
         return False
     dtype = getattr(leaf, "dtype", None)

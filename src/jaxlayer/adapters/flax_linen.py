@@ -202,7 +202,13 @@ class FlaxLayer(AdapterLayer):
         method = self.method
         if method is not None and not isinstance(method, str):
             name = getattr(method, "__name__", None)
-            bound_to_module = getattr(method, "__self__", None) is self.module
+            owner = getattr(method, "__self__", None)
+            # Bound to this module or to one equal to it (Flax modules are
+            # dataclasses, compared by their fields, as Keras compares them):
+            # the method is the module's own, saved by name.
+            bound_to_module = owner is self.module or (
+                type(owner) is type(self.module) and _modules_equal(owner, self.module)
+            )
             defined_on_class = name is not None and getattr(type(self.module), name, None) is method
             if bound_to_module or defined_on_class:
                 method = name
@@ -221,6 +227,13 @@ class FlaxLayer(AdapterLayer):
         if isinstance(config.get("method"), dict):
             config["method"] = deserialize_function(config["method"])
         return config
+
+
+def _modules_equal(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 - modules that cannot be compared are not equal
+        return False
 
 
 def _unfreeze(variables: Any) -> Any:

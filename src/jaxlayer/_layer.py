@@ -9,6 +9,7 @@ PyTree <-> variable bookkeeping in `_variables`, the pure function in
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -279,6 +280,8 @@ class JaxLayer(LayerSaving, keras.layers.Layer):
         self._lock_state()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if "training" in kwargs and not isinstance(kwargs["training"], (bool, type(None))):
+            kwargs["training"] = _static_training(kwargs["training"])
         if not self.built and self._needs_init:
             inputs = args[0] if args else kwargs.get("inputs")
             self._build_for_inputs(inputs)
@@ -401,21 +404,54 @@ class JaxLayer(LayerSaving, keras.layers.Layer):
     # ------------------------------------------------------------------- call
 
     def call(self, inputs: Any, training: bool = False) -> Any:
+        return self._call_with(self._run, inputs, training)
+
+    def _call_with(self, run: Callable, inputs: Any, training: Any) -> Any:
+        """Draws the rng, reads the variables, runs `run`, writes the new state.
+
+        Everything stateful happens here, outside `run`, so that a
+        rematerialized `run` (recomputed in the backward pass by some
+        backends) sees the same rng, params and state the forward pass saw.
+        """
         training = bool(training)
         if self._input_record is None:
             self._record_inputs(inputs)
         rng = self._get_call_rng(training) if self.seed_generator is not None else None
-        outputs, new_state = self._bridge.run(
-            self._program,
+        outputs, new_state = run(
+            inputs,
+            rng,
             [v.value for v in self._param_variables],
             [v.value for v in self._state_variables],
-            rng,
-            inputs,
-            training,
+            training=training,
         )
         for variable, value in zip(self._state_variables, new_state):
             variable.assign(value)
         return outputs
+
+    def _run(self, inputs: Any, rng: Any, params: list, state: list, training: bool) -> Any:
+        return self._bridge.run(self._program, params, state, rng, inputs, training)
+
+    def rematerialized_call(self, layer_call: Any, *args: Any, **kwargs: Any) -> Any:
+        """Keras's remat (`keras.RematScope`) of the pure part of `call`.
+
+        The training flag stays a Python value (it selects the program), and
+        the rng draw, the variable reads and the state update stay outside
+        the rematerialized function, so a recomputation in the backward pass
+        reproduces the forward pass exactly.
+        """
+        if not self._remat_mode or layer_call != self.call:
+            return super().rematerialized_call(layer_call, *args, **kwargs)
+
+        def remat_run(inputs, rng, params, state, training):
+            pure = functools.partial(self._run, training=training)
+            return super(JaxLayer, self).rematerialized_call(pure, *args, **kwargs)(
+                inputs, rng, params, state
+            )
+
+        def call(inputs: Any, training: Any = False) -> Any:
+            return self._call_with(remat_run, inputs, training)
+
+        return call
 
     def compute_output_spec(self, inputs: Any, training: bool = False) -> Any:
         training = bool(training)
@@ -533,6 +569,22 @@ class JaxLayer(LayerSaving, keras.layers.Layer):
             )
         for leaf, variable in zip(arrays, variables):
             variable.assign(leaf)
+
+
+def _static_training(training: Any) -> Any:
+    """The Python value of a `training` flag that a trace turned into an array.
+
+    Keras's remat of an enclosing model (`keras.RematScope(mode="full")`) runs
+    its `call` under `jax.checkpoint`, which traces the flag it passes on;
+    the outer layer's Keras call context still holds it as a Python bool.
+    """
+    if not isinstance(training, jax.core.Tracer):
+        return training
+    from keras.src.backend.common import global_state
+
+    context = global_state.get_global_attribute("current_call_ctx")
+    value = getattr(context, "training", None)
+    return value if isinstance(value, bool) else training
 
 
 def _released_one_by_one(leaves: list):

@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import keras
 
-from ._export import ExportedModel, asset_files, blobs_from_files
+from ._export import ExportedModel, blobs_from_files
 from ._layer import JaxLayer
 from ._program import AbstractInput
 
@@ -82,26 +82,8 @@ class PortableLayer(JaxLayer):
             cls = portable_class(config["portable"].get("class_name", "JaxLayer"))
         return cls(**config)
 
-    def _portable_config(self) -> dict:
-        from ._saving import encode_tree
-
-        return {
-            "portable": self.exported.metadata,
-            "params_spec": encode_tree(
-                self._params_tree, [v.dtype for v in self._param_variables], custom_nodes=True
-            ),
-            "state_spec": encode_tree(
-                self._state_tree, [v.dtype for v in self._state_variables], custom_nodes=True
-            ),
-        }
-
     def exported_model(self) -> ExportedModel:
         return self.exported
-
-    def save_assets(self, dir_path: str) -> None:
-        for name, blob in asset_files(self.exported).items():
-            with open(os.path.join(dir_path, name), "wb") as file:
-                file.write(blob)
 
     def load_assets(self, dir_path: str) -> None:
         files = {}

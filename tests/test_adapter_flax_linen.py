@@ -125,7 +125,9 @@ def test_every_make_rng_stream_gets_a_key_in_training():
 
 
 def test_inference_rng_streams_give_keys_in_inference():
-    with pytest.raises(Exception, match="noise"):
+    from flax.errors import InvalidRngError
+
+    with pytest.raises(InvalidRngError, match='needs PRNG for "noise"'):
         FlaxLayer(NoisyModule(), seed=0)(X)  # no stream in inference by default
     layer = FlaxLayer(NoisyModule(), seed=0, inference_rng_streams=["noise"])
     a, b = to_numpy(layer(X)), to_numpy(layer(X))

@@ -15,12 +15,19 @@ from models import dense_init, dropout_call, mlp_apply, stateful_call, stateful_
 X = np.arange(8, dtype="float32").reshape(2, 4) / 8
 
 
+def test_inference_leaves_the_state_unchanged():
+    layer = JaxLayer(stateful_call, stateful_init)
+    layer(X)
+    layer(X)
+    np.testing.assert_array_equal(layer.get_state()["mean"], np.zeros(4))
+    assert int(layer.get_state()["steps"]) == 0
+
+
+@pytest.mark.needs_training
 def test_state_updates_in_training_only():
     layer = JaxLayer(stateful_call, stateful_init)
     layer(X)
     np.testing.assert_array_equal(layer.get_state()["mean"], np.zeros(4))
-    if BACKEND == "numpy":
-        return
     layer(X, training=True)
     layer(X, training=True)
     state = layer.get_state()
@@ -76,14 +83,12 @@ def test_rng_key_is_a_raw_uint32_key():
     seen = {}
 
     def call_fn(params, rng, inputs, training):
-        if training:
-            seen["rng"] = (rng.shape, rng.dtype)
+        seen["rng"] = None if rng is None else (rng.shape, rng.dtype)
         return inputs
 
     layer = JaxLayer(call_fn, params={"w": np.ones(1, "float32")}, seed=0)
-    if BACKEND != "numpy":
-        layer(X, training=True)
-        assert seen["rng"] == ((2,), jnp.uint32)
+    layer(X, training=BACKEND != "numpy")  # numpy: inference only, rng is None
+    assert seen.get("rng") == (((2,), jnp.uint32) if BACKEND != "numpy" else None)
 
 
 def test_stateful_call_must_return_pair():

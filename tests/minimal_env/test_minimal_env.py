@@ -34,8 +34,8 @@ def call_fn(params, state, rng, inputs, training):
 
 
 def test_environment_has_only_the_required_dependencies():
-    if not any(importlib.util.find_spec(name) for name in ["keras", "jax"]):
-        pytest.fail("keras and jax must be installed")
+    if not all(importlib.util.find_spec(name) for name in ["keras", "jax", "flatbuffers"]):
+        pytest.fail("keras, jax and flatbuffers must be installed")
     present = [name for name in OPTIONAL if importlib.util.find_spec(name) is not None]
     if present:
         pytest.skip(f"not a minimal environment (found {present}); `make test-minimal` builds one")

@@ -53,8 +53,10 @@ test-minimal: $(MIN_STAMP)
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks examples
 
+# `make bench BENCH_ARGS="--quick --check"`: --check exits non-zero on a missed target.
+BENCH_ARGS ?=
 bench: setup
-	KERAS_BACKEND=jax $(VENV)/bin/jaxlayer bench
+	KERAS_BACKEND=jax $(VENV)/bin/jaxlayer bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(MIN_VENV) .pytest_cache

@@ -36,6 +36,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--out", default="benchmarks/out", help="folder for results.json and scaling.png"
     )
     parser.add_argument(
+        "--check",
+        action="store_true",
+        help="exit with status 1 when a row misses its target (for CI and regressions)",
+    )
+    parser.add_argument(
         "--rounds", type=int, default=None, help="timed rounds per variant (default 7, quick 3)"
     )
     parser.add_argument("--batch", type=int, default=128, help="training batch size (default 128)")
@@ -143,7 +148,14 @@ def main(argv=None) -> int:
     }
     (out / "results.json").write_text(json.dumps(result, indent=1))
     print(f"\nwrote {out / 'results.json'}")
-    # Missed targets are reported in the table, not as a failure exit status.
+    missed = [f"{row.workload}: {row.variant}" for row in rows if row.ok is False]
+    failed = [f"{row.workload}: {row.variant}" for row in rows if row.value is None and row.note]
+    if args.check and (missed or failed):
+        print(f"\n--check: {len(missed)} missed target(s), {len(failed)} failed row(s):", file=sys.stderr)
+        for line in missed + failed:
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    # Without --check, missed targets are reported in the table only.
     return 0
 
 

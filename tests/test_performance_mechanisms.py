@@ -201,3 +201,76 @@ def test_eager_calls_under_mixed_precision_return_the_compute_dtype():
         )
     finally:
         keras.config.set_dtype_policy("float32")
+
+
+@pytest.fixture
+def full_path_calls(monkeypatch):
+    """Records each call that goes through Keras's `Layer.__call__`."""
+    calls = []
+    original = keras.layers.Layer.__call__
+
+    def spy(self, *args, **kwargs):
+        calls.append(type(self).__name__)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.layers.Layer, "__call__", spy)
+    return calls
+
+
+def test_keras_internals_for_the_direct_path_are_importable():
+    # If a Keras release moves them, the direct path switches itself off:
+    # this test makes that visible instead of silently slower eager calls.
+    from jaxlayer import _eager
+
+    assert _eager.global_state is not None
+
+
+def test_plain_eager_call_takes_the_direct_path_on_jax_only(full_path_calls):
+    layer = JaxLayer(_call_fn, _init_fn)
+    x = _inputs(3)
+    layer(x)  # builds (the first call may take the full path)
+    full_path_calls.clear()
+    layer(x)
+    layer(x, training=False)
+    # Only the jax bridge runs eager tensors directly; other backends always
+    # take Keras's full path.
+    assert full_path_calls == ([] if BACKEND == "jax" else ["JaxLayer", "JaxLayer"])
+
+
+def test_unusual_eager_calls_take_the_full_path(full_path_calls):
+    layer = JaxLayer(_call_fn, _init_fn)
+    x = _inputs(3)
+    layer(x)
+    full_path_calls.clear()
+    layer(keras.KerasTensor((None, x.shape[1])))  # symbolic
+    layer(x, training=np.bool_(False))  # a flag that is not a Python bool
+    layer(inputs=x)  # inputs by keyword
+    assert full_path_calls == ["JaxLayer"] * 3
+
+
+def test_mixed_precision_eager_calls_take_the_full_path(full_path_calls):
+    # Keras's autocast scope is needed to hand float16 params to call_fn.
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        layer = JaxLayer(_call_fn, _init_fn)
+        x = _inputs(3)
+        layer(x)
+        full_path_calls.clear()
+        layer(x)
+        assert full_path_calls == ["JaxLayer"]
+    finally:
+        keras.config.set_dtype_policy("float32")
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="keras.distribution runs on the jax backend")
+def test_eager_call_under_a_distribution_takes_the_full_path(full_path_calls):
+    layer = JaxLayer(_call_fn, _init_fn)
+    x = _inputs(3)
+    layer(x)
+    full_path_calls.clear()
+    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=jax.devices()[:1]))
+    try:
+        layer(x)
+    finally:
+        keras.distribution.set_distribution(None)
+    assert full_path_calls == ["JaxLayer"]

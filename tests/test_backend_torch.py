@@ -126,6 +126,35 @@ def test_outputs_and_gradients_match_jax_for_params_and_inputs():
     tree_allclose(x.grad, ref_gx)
 
 
+def test_public_dlpack_fallback_gives_the_same_outputs_and_gradients(monkeypatch):
+    """The bridge's private jaxlib fast paths switch off when a probe fails;
+    the public DLPack path taken then must give the same numbers."""
+    from jaxlayer._backends import torch as bridge
+
+    layer = built_layer()
+    x_np = data(seed=2)
+
+    def run():
+        x = torch.tensor(x_np, requires_grad=True)
+        y = layer(x)
+        loss_fn(y).backward()
+        grads = [v.value.grad.clone() for v in layer._param_variables]
+        for v in layer._param_variables:
+            v.value.grad = None
+        return y.detach().clone(), x.grad.clone(), grads
+
+    fast = run()
+    monkeypatch.setattr(bridge, "_CPU_IMPORT", None)
+    monkeypatch.setattr(bridge, "_CPU_EXPORT", None)
+    imported = []
+    public = jax.dlpack.from_dlpack
+    monkeypatch.setattr(bridge.jax.dlpack, "from_dlpack", lambda t: imported.append(1) or public(t))
+    slow = run()
+    assert imported, "the public jax.dlpack path was not taken"
+    for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(slow), strict=True):
+        torch.testing.assert_close(a, b)
+
+
 @keras.saving.register_keras_serializable(package="test_backend_torch")
 def pytree_call(params, inputs):
     h = inputs["a"] * params["scale"] + inputs["b"][:, :1] * params["shift"] * params["count"]

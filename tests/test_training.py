@@ -61,12 +61,35 @@ def test_functional_and_subclassed_models_with_callbacks_and_metrics():
     outputs = keras.layers.Dense(3)(JaxLayer(dropout_call, dense_init, seed=0)(inputs))
     model = keras.Model(inputs, outputs)
     model.compile("adam", "mse", metrics=["mae"])
-    stopper = keras.callbacks.EarlyStopping(monitor="loss", patience=1)
-    history = model.fit(x, y, epochs=3, verbose=0, callbacks=[stopper])
+    # A huge min_delta: no epoch counts as an improvement, so EarlyStopping
+    # must stop after 1 + patience epochs out of 10.
+    stopper = keras.callbacks.EarlyStopping(monitor="loss", patience=1, min_delta=1e9)
+    history = model.fit(x, y, epochs=10, verbose=0, callbacks=[stopper])
     assert "mae" in history.history
+    assert len(history.history["loss"]) == 2 and stopper.stopped_epoch == 1
     predictions = model.predict(x[:5], verbose=0)
     assert predictions.shape == (5, 3)
     np.testing.assert_allclose(predictions, to_numpy(model(x[:5])), rtol=1e-5, atol=1e-6)
+
+    class Subclassed(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.body = JaxLayer(dropout_call, dense_init, seed=1)
+            self.head = keras.layers.Dense(3)
+
+        def call(self, inputs, training=False):
+            return self.head(self.body(inputs, training=training))
+
+    sub = Subclassed()
+    if keras.config.backend() == "torch":
+        # Keras-torch infers shapes with meta tensors, which init_fn cannot
+        # run on: build the layer on data first (README, Troubleshooting).
+        sub(x[:2])
+    sub.compile("adam", "mse", metrics=["mae"])
+    history = sub.fit(x, y, epochs=2, verbose=0, callbacks=[keras.callbacks.TerminateOnNaN()])
+    assert len(history.history["mae"]) == 2
+    assert len(sub.trainable_weights) == 6  # 4 in the JaxLayer, 2 in the Dense
+    np.testing.assert_allclose(to_numpy(sub.predict(x[:5], verbose=0)), to_numpy(sub(x[:5])), rtol=1e-5, atol=1e-6)
 
 
 def test_summary_counts_parameters():

@@ -146,12 +146,44 @@ def test_integer_inputs_initialise_with_their_dtype():
 
 @pytest.mark.needs_training
 def test_mixed_precision_keeps_batch_stats_in_float32():
-    layer = FlaxLayer(LinenMLP(), dtype="mixed_bfloat16", seed=0)
-    layer(X, training=True)
+    module = LinenMLP()
+    layer = FlaxLayer(module, dtype="mixed_bfloat16", seed=0)
+    layer(X)
+    params, stats = layer.get_params(), layer.get_state()
     assert {v.dtype for v in layer.non_trainable_weights} == {"float32"}
     assert {v.dtype for v in layer.trainable_variables} == {"float32"}
+
+    # Flax's own apply on what the layer hands it: bfloat16 params and inputs,
+    # float32 batch statistics.
+    def flax_apply(stats, training):
+        variables = {
+            "params": jax.tree.map(lambda p: p.astype("bfloat16"), params["params"]),
+            **stats,
+        }
+        return module.apply(
+            variables,
+            X.astype("bfloat16"),
+            training=training,
+            mutable=["batch_stats"],
+            rngs={"dropout": jax.random.key(0)},
+        )
+
+    layer(X, training=True)
+    _, expected_stats = flax_apply(stats, training=True)
+    new_stats = layer.get_state()
+    assert {str(leaf.dtype) for leaf in jax.tree.leaves(new_stats)} == {"float32"}
+    tree_allclose(new_stats, expected_stats, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(
+        new_stats["batch_stats"]["BatchNorm_0"]["mean"], stats["batch_stats"]["BatchNorm_0"]["mean"]
+    )
+
     out = layer(X)
+    expected, _ = flax_apply(new_stats, training=False)
     assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
+    assert expected.dtype == "bfloat16"
+    np.testing.assert_allclose(
+        to_numpy(out).astype("float32"), np.asarray(expected, "float32"), rtol=1e-2, atol=1e-2
+    )
 
 
 def test_method_and_unbound_function_are_supported():

@@ -131,19 +131,48 @@ def test_fresh_rng_key_on_every_training_call_eager_and_graph():
 
 
 def test_dropout_masks_differ_between_training_steps_in_fit():
-    def call_fn(params, rng, inputs, training):
-        out = linear_call(params, inputs)
-        if training:
-            out = out * jax.random.bernoulli(rng, 0.5, out.shape)
-        return out
+    """`model.fit` in graph mode: each step draws a fresh key, so a fresh mask.
 
-    layer = JaxLayer(call_fn, linear_init, seed=3)
-    x = np.ones((8, 4), "float32")
-    layer(x)  # build eagerly
-    train = tf.function(lambda x: layer(x, training=True))
-    masks = [np.asarray(train(x)) != 0 for _ in range(3)]
-    assert not np.array_equal(masks[0], masks[1])
-    assert not np.array_equal(masks[1], masks[2])
+    The mask multiplies the parameters elementwise, so a step moves exactly the
+    parameters its mask kept: each step's mask is read back from which weights
+    moved, and the step's update is checked against SGD with that mask.
+    """
+
+    def call_fn(params, rng, inputs, training):
+        w = params["w"]
+        if training:
+            w = w * jax.random.bernoulli(rng, 0.5, w.shape)
+        return inputs * w
+
+    features, lr = 16, 0.1
+    rs = np.random.RandomState(0)
+    x = rs.uniform(0.5, 1.5, (8, features)).astype("float32")
+    y = rs.uniform(1.5, 2.5, (8, features)).astype("float32")
+    layer = JaxLayer(call_fn, params={"w": np.ones(features, "float32")}, seed=3)
+    model = keras.Sequential([keras.Input((features,)), layer])
+    model.compile(keras.optimizers.SGD(lr), "mse")  # graph mode: run_eagerly is False
+    assert not model.run_eagerly
+    weights = [np.asarray(layer.get_params()["w"])]
+
+    class RecordWeights(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            weights.append(np.asarray(layer.get_params()["w"]))
+
+    history = model.fit(
+        x, y, batch_size=8, epochs=4, shuffle=False, verbose=0, callbacks=[RecordWeights()]
+    )
+    assert len(weights) == 5  # one step per epoch
+    masks = []
+    for before, after in zip(weights, weights[1:]):
+        mask = (before != after).astype("float32")
+        assert 0 < mask.sum() < features  # some kept, some dropped
+        # The step is SGD on mean((x * w * mask - y) ** 2) with this mask.
+        grad = 2 * ((x * before * mask - y) * x * mask).mean(0) / features
+        np.testing.assert_allclose(after, before - lr * grad, rtol=1e-5, atol=1e-6)
+        masks.append(mask)
+    for a, b in zip(masks, masks[1:]):
+        assert not np.array_equal(a, b)
+    assert history.history["loss"][-1] < history.history["loss"][0]
 
 
 def test_building_inside_tf_function_raises_clear_error():

@@ -54,6 +54,59 @@ class Embedder(linen.Module):
 
 
 
+class DropoutHead(linen.Module):
+    """Dropout last, so a zero output is a dropped unit: the mask is visible."""
+
+    @linen.compact
+    def __call__(self, inputs, training=False):
+        x = linen.BatchNorm(use_running_average=not training, momentum=0.9)(linen.Dense(16)(inputs))
+        return linen.Dropout(0.5, deterministic=not training)(x)
+
+
+@pytest.mark.skipif(
+    BACKEND not in ("jax", "tensorflow"),
+    reason=f"keras.layers.FlaxLayer runs only on the jax and tensorflow backends "
+    f"(its constructor raises ValueError on {BACKEND})",
+)
+@pytest.mark.skipif(
+    keras.config.is_nnx_enabled(),
+    reason="keras.layers.FlaxLayer itself fails in NNX mode (AttributeError `.value`)",
+)
+def test_drop_in_same_params_outputs_and_masks_as_keras_flax_layer():
+    pytest.importorskip("tensorflow", reason="keras.layers.FlaxLayer's build imports tensorflow")
+
+    def run(cls):
+        keras.utils.set_random_seed(0)
+        layer = cls(DropoutHead(), seed=3)
+        initial = jax.tree.map(lambda v: to_numpy(v.value), (layer.params, layer.state))
+        training = [to_numpy(layer(X, training=True)) for _ in range(3)]
+        state = jax.tree.map(lambda v: to_numpy(v.value), layer.state)
+        return initial, training, to_numpy(layer(X)), state
+
+    theirs, ours = run(keras.layers.FlaxLayer), run(FlaxLayer)
+    # Both draw the init keys ("params", "dropout") from Keras's global seed
+    # generator: the same variables, in the same tree, before any call.
+    assert jax.tree.structure(theirs[0]) == jax.tree.structure(ours[0])
+    jax.tree.map(np.testing.assert_array_equal, theirs[0], ours[0])
+    their_masks = [t != 0 for t in theirs[1]]
+    our_masks = [t != 0 for t in ours[1]]
+    assert 0 < our_masks[0].mean() < 1
+    np.testing.assert_array_equal(their_masks[0], our_masks[0])  # same seed, same mask
+    np.testing.assert_allclose(theirs[1][0], ours[1][0], rtol=1e-5, atol=1e-6)
+    if BACKEND == "jax":
+        for a, b in zip(their_masks[1:], our_masks[1:]):
+            np.testing.assert_array_equal(a, b)
+        assert not np.array_equal(our_masks[1], our_masks[0])
+    else:
+        # Keras's layer on tensorflow: the same key on every call (README,
+        # "RNG on tensorflow"); ours: a fresh one.
+        assert all(np.array_equal(m, their_masks[0]) for m in their_masks)
+        assert not np.array_equal(our_masks[1], our_masks[0])
+    # batch_stats moved the same way (before dropout: independent of the masks)
+    tree_allclose(theirs[3], ours[3], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(theirs[2], ours[2], rtol=1e-5, atol=1e-6)  # inference
+
+
 def test_outputs_and_state_match_flax_apply():
     module = LinenMLP()
     layer = FlaxLayer(module, seed=0)

@@ -27,6 +27,10 @@ _MISSING_STREAM = re.compile(r'needs PRNG for "([^"]+)"')
 
 def _stream_key(rng: Any, name: str) -> Any:
     # A per-stream key that does not depend on which other streams exist.
+    # "dropout" gets the drawn key itself, as keras.layers.FlaxLayer gives it:
+    # the same seed then gives the same dropout masks as Keras's layer.
+    if name == "dropout":
+        return rng
     return jax.random.fold_in(rng, zlib.crc32(name.encode()) & 0x7FFFFFFF)
 
 

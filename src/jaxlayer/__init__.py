@@ -7,6 +7,8 @@ portable layer saved from any of them.
 """
 
 from . import adapters as _adapters
+from ._host import replicated_variables as replicated_variables
+from ._host import to_host as to_host
 from ._layer import JaxLayer as JaxLayer
 from ._portable import PortableLayer as PortableLayer
 from ._saving import SavedNode as SavedNode
@@ -17,7 +19,7 @@ _ADAPTERS = ("FlaxLayer", "NnxLayer", "HaikuLayer", "EquinoxLayer")
 for _name in _ADAPTERS:
     getattr(_adapters, _name)  # imports the adapter module, which registers the class
 
-__all__ = ["JaxLayer", "PortableLayer", "SavedNode", *_ADAPTERS, "__version__"]
+__all__ = ["JaxLayer", "PortableLayer", "SavedNode", "to_host", "replicated_variables", *_ADAPTERS, "__version__"]
 
 
 def __getattr__(name: str):

@@ -36,6 +36,11 @@ class JaxBridge(Bridge):
     def from_jax(self, array: Any) -> Any:
         # A buffer copy on the device: unlike `jnp.array(copy=True)` it needs
         # no XLA compilation per shape (~0.1 s each on CPU at build time).
+        if isinstance(array, jax.Array) and not array.is_fully_addressable:
+            # A global array spanning several processes (`jax.distributed`),
+            # e.g. an `init_fn` output under a distribution: it can only be
+            # copied within its own sharding; Keras then lays it out.
+            return jax.device_put(array, array.sharding, may_alias=False)
         return jax.device_put(array, may_alias=False)
 
     def is_eager_tensor(self, value: Any) -> bool:

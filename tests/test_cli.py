@@ -307,3 +307,40 @@ def test_inspect_source_form_and_a_bad_file(tmp_path, capsys):
     (tmp_path / "bad.keras").write_text("not a zip")
     assert cli.main(["inspect", str(tmp_path / "bad.keras")]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@needs_demo_packages
+def test_demo_over_two_processes_trains_data_parallel(tmp_path):
+    out = tmp_path / "out"
+    result = run_cli("demo", "--framework", "jax", "--processes", "2", "--epochs", "2",
+                     "--min-accuracy", "0.5", "--out", str(out))  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "processes                  2, data-parallel" in result.stdout
+    # The 2 processes' accuracy equals the saved file's on one device, and
+    # the file reloads identically in a fresh process.
+    assert "reload, same process       held-out accuracy" in result.stdout
+    assert "on one device equals the 2 processes'" in result.stdout
+    assert "reload, fresh process      predictions identical" in result.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["processes"] == 2 and metrics["batch_size"] == 16
+    assert metrics["data"]["held_out"] == 360  # both processes' shards together
+    assert metrics["history"]["loss"][1] < metrics["history"]["loss"][0]
+    model = keras.models.load_model(out / "model.keras")
+    data = _held_out()
+    _, accuracy = model.evaluate(data.x_test, data.y_test, verbose=0)
+    assert accuracy == pytest.approx(metrics["test_accuracy"], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--processes", "3"], "--processes must divide the global batch of 16"),
+        (["--processes", "2", "--backend", "torch"], "--processes runs on the JAX backend"),
+    ],
+)
+@needs_demo_packages
+def test_demo_processes_rejects_what_it_cannot_run(args, message):
+    result = run_cli("demo", "--framework", "jax", *args)
+    assert result.returncode == 2
+    assert message in result.stderr

@@ -45,6 +45,8 @@ EXAMPLES = {
         ["sklearn", "torch", "jaxlayer._backends.torch"],
         "the JAX params were trained too",
     ),
+    # Starts 2 local processes (jax.distributed on 127.0.0.1) and prints process 0's output.
+    "multi_process.py": (["sklearn"], "gathered params match the saved model: True"),
 }
 
 

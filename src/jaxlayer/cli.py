@@ -79,6 +79,13 @@ def _parser() -> argparse.ArgumentParser:
         "`make demo` uses .venv-min)",
     )
     demo.add_argument(
+        "--processes",
+        type=_positive_int,
+        default=1,
+        help="train data-parallel over N local processes joined by jax.distributed "
+        "(JAX backend; default: 1)",
+    )
+    demo.add_argument(
         "--min-accuracy",
         type=float,
         default=0.95,
@@ -128,11 +135,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from jaxlayer.demo import MissingDependency, check_requirements, run_demo
+    from jaxlayer.demo._processes import process_index
 
     try:
         # Before anything heavy, and before a child process: a missing package
         # is one line with the pip extra, never a traceback.
         check_requirements(args.framework, args.backend)
+        if args.processes > 1 and process_index() is None:
+            return _demo_in_processes(args)
         import keras
 
         if keras.config.backend() != args.backend:
@@ -144,11 +154,49 @@ def _demo(args: argparse.Namespace) -> int:
             seed=args.seed,
             min_accuracy=args.min_accuracy,
             reload_python=args.reload_python,
+            processes=args.processes,
         )
     except MissingDependency as error:
         print(f"jaxlayer demo: {error}", file=sys.stderr)
         return 2
     return 0 if metrics["passed"] else 1
+
+
+def _demo_command(args: argparse.Namespace) -> list[str]:
+    command = [
+        sys.executable, "-m", "jaxlayer.cli", "demo",
+        "--framework", args.framework,
+        "--backend", args.backend,
+        "--epochs", str(args.epochs),
+        "--out", args.out,
+        "--seed", str(args.seed),
+        "--min-accuracy", str(args.min_accuracy),
+        "--processes", str(args.processes),
+    ]  # fmt: skip
+    if args.reload_python:
+        command += ["--reload-python", args.reload_python]
+    return command
+
+
+def _demo_in_processes(args: argparse.Namespace) -> int:
+    from jaxlayer.demo._processes import launch
+
+    if args.backend != "jax":
+        print(
+            f"jaxlayer demo: --processes runs on the JAX backend (jax.distributed); "
+            f"received --backend {args.backend}. Use --backend jax or --processes 1.",
+            file=sys.stderr,
+        )
+        return 2
+    if 16 % args.processes:
+        print(
+            f"jaxlayer demo: --processes must divide the global batch of 16 (1, 2, 4, 8 or 16); "
+            f"received {args.processes}.",
+            file=sys.stderr,
+        )
+        return 2
+    print(f"Starting {args.processes} processes (jax.distributed on 127.0.0.1); output of process 0:", flush=True)
+    return launch(_demo_command(args), args.processes)
 
 
 def _demo_in_child(args: argparse.Namespace, active: str) -> int:
@@ -164,17 +212,7 @@ def _demo_in_child(args: argparse.Namespace, active: str) -> int:
         f"in a child process with KERAS_BACKEND={args.backend}.",
         flush=True,
     )
-    command = [
-        sys.executable, "-m", "jaxlayer.cli", "demo",
-        "--framework", args.framework,
-        "--backend", args.backend,
-        "--epochs", str(args.epochs),
-        "--out", args.out,
-        "--seed", str(args.seed),
-        "--min-accuracy", str(args.min_accuracy),
-    ]  # fmt: skip
-    if args.reload_python:
-        command += ["--reload-python", args.reload_python]
+    command = _demo_command(args)
     env = dict(os.environ, KERAS_BACKEND=args.backend, **{_CHILD_ENV: "1"})
     return subprocess.run(command, env=env).returncode
 

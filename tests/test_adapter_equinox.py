@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 
+from adapter_core import check_build_call_fit, regression_data
 from conftest import to_numpy, tree_allclose
 from digits import fit_and_check_digits
 
@@ -170,6 +171,18 @@ def test_custom_axis_name():
     layer = EquinoxLayer(model, axis_name="examples")
     out = to_numpy(layer(X))
     np.testing.assert_allclose(out.mean(axis=0), 0.0, atol=1e-5)
+
+
+@pytest.mark.nnx_mode
+@pytest.mark.needs_training
+def test_core_build_call_fit():
+    model, state = _net()
+    x, y = regression_data(8, 10)
+
+    def reference(layer):
+        return _reference(layer.get_model(), layer.get_eqx_state(), x)[0]
+
+    check_build_call_fit(EquinoxLayer(model, state, seed=0), x, y, reference)
 
 
 @pytest.mark.needs_training

@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import pytest
 
+from adapter_core import check_build_call_fit, regression_data
 from conftest import BACKEND, to_numpy, tree_allclose
 from digits import fit_and_check_digits
 
@@ -269,6 +270,18 @@ def test_params_go_back_into_flax():
     layer.set_params(jax.tree.map(lambda p: p * 0.5, layer.get_params()))
     variables = {"params": layer.get_params()["params"], **layer.get_state()}
     np.testing.assert_allclose(to_numpy(layer(X)), module.apply(variables, X), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.nnx_mode
+@pytest.mark.needs_training
+def test_core_build_call_fit():
+    module = LinenMLP()
+    x, y = regression_data(8, 10)
+
+    def reference(layer):
+        return module.apply({**layer.get_params(), **layer.get_state()}, x)
+
+    check_build_call_fit(FlaxLayer(module, seed=0), x, y, reference)
 
 
 @pytest.mark.needs_training

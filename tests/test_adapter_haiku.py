@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 
+from adapter_core import check_build_call_fit, regression_data
 from conftest import BACKEND, to_numpy, tree_allclose
 from digits import fit_and_check_digits
 
@@ -147,6 +148,18 @@ def test_plain_jaxlayer_with_haiku_functions_still_works():
     transformed = hk.transform(model)
     layer = JaxLayer(transformed.apply, transformed.init)
     assert tuple(layer(X).shape) == (5, 3)
+
+
+@pytest.mark.nnx_mode
+@pytest.mark.needs_training
+def test_core_build_call_fit():
+    transformed = hk.transform_with_state(haiku_mlp)
+    x, y = regression_data(8, 10)
+
+    def reference(layer):
+        return transformed.apply(layer.get_params(), layer.get_state(), None, x, False)[0]
+
+    check_build_call_fit(HaikuLayer(transformed, seed=0), x, y, reference)
 
 
 @pytest.mark.needs_training

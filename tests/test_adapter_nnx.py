@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 
+from adapter_core import check_build_call_fit, regression_data
 from conftest import BACKEND, to_numpy, tree_allclose
 from digits import fit_and_check_digits
 
@@ -135,6 +136,19 @@ def test_get_module_and_update_give_the_same_outputs():
     nnx.update(module, layer.get_params())
     module.eval()
     np.testing.assert_allclose(to_numpy(layer(X)), module(X), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.nnx_mode
+@pytest.mark.needs_training
+def test_core_build_call_fit():
+    x, y = regression_data(8, 10)
+
+    def reference(layer):
+        module = layer.get_module()
+        module.eval()
+        return module(x)
+
+    check_build_call_fit(NnxLayer(_module(), seed=0), x, y, reference)
 
 
 @pytest.mark.needs_training

@@ -200,37 +200,33 @@ def test_weights_file_round_trip(tmp_path):
 
 
 @pytest.mark.skipif(not NNX, reason="NNX transforms need KERAS_NNX_ENABLED=true (JAX backend)")
-def test_nnx_jit_runs_the_model_and_writes_state_back():
+def test_nnx_jit_runs_the_model_draws_fresh_rng_and_writes_state_back():
     from flax import nnx
 
-    # No `rng` here: a Keras SeedGenerator advanced inside `nnx.jit` leaks a
-    # tracer (keras.layers.Dropout fails the same way in Keras 3.15).
-    def call_fn(params, state, inputs, training):
-        outputs, new_state = nnx_call(params, state, None, inputs, training=False)
-        if training:
-            new_state = {
-                "mean": 0.9 * state["mean"] + 0.1 * inputs.mean(axis=0),
-                "steps": state["steps"] + 1,
-            }
-        return outputs, new_state
-
-    layer = JaxLayer(call_fn, nnx_init)
-    model = keras.Sequential([keras.Input((4,)), layer])
-    params = layer.get_params()
+    layer, model = make_model(seed=3)
+    params, state0 = layer.get_params(), layer.get_state()
 
     @nnx.jit
     def step(model, x):
         return model(x, training=True)
 
-    first = step(model, X)
-    step(model, X)
+    outputs = [np.asarray(step(model, X)) for _ in range(2)]
+    # The seed generator's variable left the trace as a concrete value,
+    # advanced once per step, as in eager calls.
+    np.testing.assert_array_equal(np.asarray(layer.seed_generator.state.value), [3, 2])
     state = layer.get_state()
     assert int(to_numpy(state["steps"])) == 2
-    expected_mean = 0.19 * X.mean(axis=0)
-    np.testing.assert_allclose(to_numpy(state["mean"]), expected_mean, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(
-        np.asarray(first), np.asarray(forward(params, jnp.asarray(X))), rtol=1e-5, atol=1e-6
-    )
+    np.testing.assert_allclose(to_numpy(state["mean"]), 0.19 * X.mean(axis=0), rtol=1e-5, atol=1e-7)
+    # Each step ran `call_fn` with the key [3, step]: fresh dropout masks.
+    expected_state = state0
+    for index, got in enumerate(outputs):
+        key = jnp.asarray([3, index], jnp.uint32)
+        expected, expected_state = nnx_call(params, expected_state, key, jnp.asarray(X), True)
+        np.testing.assert_allclose(got, np.asarray(expected), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(outputs[0], outputs[1])
+    # Eager training calls continue from the same generator state.
+    layer(X, training=True)
+    np.testing.assert_array_equal(np.asarray(layer.seed_generator.state.value), [3, 3])
 
 
 @pytest.mark.skipif(not NNX, reason="NNX transforms need KERAS_NNX_ENABLED=true (JAX backend)")

@@ -168,6 +168,12 @@ class JaxLayer(LayerSaving, keras.layers.Layer):
         self._set_untracked("_export_cache", None)
         self._reset_variables()
         self.seed_generator = keras.random.SeedGenerator(seed) if signature.takes("rng") else None
+        # The generator's state variable, held by the layer itself (see
+        # `_get_call_seed`); untracked: Keras already tracks it as the
+        # generator's.
+        self._set_untracked(
+            "_seed_state", None if self.seed_generator is None else self.seed_generator.state
+        )
         if params is not None or state is not None:
             self._create_variables(params, state)
             self._mark_built()
@@ -392,7 +398,16 @@ class JaxLayer(LayerSaving, keras.layers.Layer):
     def _get_call_seed(self) -> Any:
         if self._abstract_seeds:
             return jax.ShapeDtypeStruct((2,), np.uint32)
-        return self.seed_generator.next()
+        # `SeedGenerator.next()`, through the layer's own reference to the
+        # generator's variable. In Keras's NNX mode the generator is not an NNX
+        # node, so `nnx.jit` would not lift its variable and the draw would
+        # leave a tracer in it; a variable held by the layer is lifted in and
+        # out of the transform like the layer's weights.
+        state = self._seed_state
+        seed = state.value * 1
+        increment = keras.ops.convert_to_tensor(np.array([0, 1]), dtype=state.dtype)
+        state.assign(keras.ops.add(seed, increment))
+        return seed
 
     def _get_call_rng(self, training: bool) -> Any:
         """The seed (or PyTree of seeds) handed to `call_fn` as `rng`.

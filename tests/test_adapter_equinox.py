@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import jax
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from adapter_core import check_build_call_fit, regression_data
-from conftest import to_numpy, tree_allclose
+from conftest import BACKEND, to_numpy, tree_allclose
 from digits import fit_and_check_digits
 
 eqx = pytest.importorskip("equinox", reason="Equinox is not installed")
@@ -188,13 +189,60 @@ def test_core_build_call_fit():
 @pytest.mark.needs_training
 def test_fit_on_digits_reaches_90_percent():
     model, state = _net(din=64)
-    # 1500 samples: 23 full batches and a partial one. BatchNorm's `pmean` over
-    # the vmapped axis needs a concrete batch size under jax2tf, which a graph
-    # traced with an unknown batch size cannot give (the TensorFlow bridge says
-    # so, naming the fixes): there, train eagerly, one conversion per batch size.
-    fit_and_check_digits(
-        EquinoxLayer(model, state, seed=0), run_eagerly=keras.backend.backend() == "tensorflow"
+    # Graph mode on every backend. 1472 samples = 23 batches of 64, all of one
+    # size: in training, eqx.nn.BatchNorm's `pmean` over the vmapped batch
+    # needs a concrete batch size under jax2tf (the next test).
+    fit_and_check_digits(EquinoxLayer(model, state, seed=0), train_samples=1472)
+
+
+def _batch_stats_reference(model, state, x, batch_size):
+    """eqx.nn.BatchNorm's state after training-mode calls on each batch."""
+    for start in range(0, len(x), batch_size):
+        call = functools.partial(model, key=jax.random.key(0))  # dropout comes after BatchNorm
+        _, state = jax.vmap(call, in_axes=(0, None), out_axes=(0, None), axis_name="batch")(
+            x[start : start + batch_size], state
+        )
+    return state
+
+
+@pytest.mark.needs_training
+def test_batchnorm_fit_with_a_partial_last_batch():
+    """10 samples in batches of 4: the last batch has 2. Graph-mode `fit` runs
+    it on jax and torch. On tensorflow, Keras traces the step once with an
+    unknown batch size, and jax2tf cannot convert BatchNorm's `pmean` over a
+    symbolic batch (a jax limitation: `pmean` needs the axis size as a
+    number); graph mode raises the bridge's error naming the fixes, and
+    `run_eagerly=True` (one conversion per batch size) trains."""
+    model, state = _net()
+    x, y = regression_data(8, 10, samples=10)
+
+    def fit(run_eagerly):
+        layer = EquinoxLayer(model, state, seed=0)
+        keras_model = keras.Sequential([keras.Input((8,)), layer])
+        # lr=0: the parameters stay put, so the statistics have a reference.
+        keras_model.compile(keras.optimizers.SGD(0.0), "mse", run_eagerly=run_eagerly)
+        keras_model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
+        return layer
+
+    if BACKEND == "tensorflow":
+        with pytest.raises(
+            ValueError,
+            match=r"(?s)symbolic batch dimension \(InconclusiveDimensionOperation.*unknown dimensions"
+            r".*drop_remainder=True.*run_eagerly=True",
+        ):
+            fit(run_eagerly=False)
+        layer = fit(run_eagerly=True)
+    else:
+        layer = fit(run_eagerly=False)
+    expected = _batch_stats_reference(model, state, x, 4)
+    assert jax.tree.leaves(expected) and not any(
+        np.allclose(a, b) for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(state))
     )
+    # The partial batch counted: without it the statistics differ.
+    assert not np.allclose(
+        jax.tree.leaves(expected)[0], jax.tree.leaves(_batch_stats_reference(model, state, x[:8], 4))[0]
+    )
+    tree_allclose(layer.get_eqx_state(), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_batchnorm_model_needs_a_concrete_batch_so_save_fails_clearly(tmp_path):

@@ -22,14 +22,13 @@ def to_host(tree: Any) -> Any:
     variables and tensors of any backend are converted too; other leaves
     (None, Python numbers, strings) are returned as they are.
 
-    Example:
-
-    >>> import jax.numpy as jnp
-    >>> from jaxlayer import JaxLayer, to_host
-    >>> layer = JaxLayer(lambda params, inputs: inputs * params["w"],
-    ...                  params={"w": jnp.ones((2,))})
-    >>> to_host(layer.get_params())
-    {'w': array([1., 1.], dtype=float32)}
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jaxlayer import JaxLayer, to_host
+        >>> layer = JaxLayer(lambda params, inputs: inputs * params["w"],
+        ...                  params={"w": jnp.ones((2,))})
+        >>> to_host(layer.get_params())
+        {'w': array([1., 1.], dtype=float32)}
     """
     leaves, treedef = jax.tree.flatten(tree)
     leaves = [leaf.value if isinstance(leaf, keras.Variable) else leaf for leaf in leaves]

@@ -92,20 +92,19 @@ class JaxLayer(LayerSaving, keras.layers.Layer):
         training: Python bool; handed to `call_fn` as `training`, and selects
             whether a fresh `rng` key is drawn (`None` is passed in inference).
 
-    Example:
-
-    >>> import jax, jax.numpy as jnp, numpy as np
-    >>> from jaxlayer import JaxLayer
-    >>> def init_fn(rng, inputs):
-    ...     return {"dense": {"kernel": jax.random.normal(rng, (inputs.shape[-1], 3)),
-    ...                       "bias": jnp.zeros(3)}}
-    >>> def call_fn(params, inputs):
-    ...     return inputs @ params["dense"]["kernel"] + params["dense"]["bias"]
-    >>> layer = JaxLayer(call_fn, init_fn)
-    >>> layer(np.ones((2, 4), "float32")).shape
-    (2, 3)
-    >>> sorted(v.name for v in layer.trainable_variables)
-    ['dense.bias', 'dense.kernel']
+    Examples:
+        >>> import jax, jax.numpy as jnp, numpy as np
+        >>> from jaxlayer import JaxLayer
+        >>> def init_fn(rng, inputs):
+        ...     return {"dense": {"kernel": jax.random.normal(rng, (inputs.shape[-1], 3)),
+        ...                       "bias": jnp.zeros(3)}}
+        >>> def call_fn(params, inputs):
+        ...     return inputs @ params["dense"]["kernel"] + params["dense"]["bias"]
+        >>> layer = JaxLayer(call_fn, init_fn)
+        >>> layer(np.ones((2, 4), "float32")).shape
+        (2, 3)
+        >>> sorted(v.name for v in layer.trainable_variables)
+        ['dense.bias', 'dense.kernel']
     """
 
     def __init__(
@@ -520,14 +519,13 @@ class JaxLayer(LayerSaving, keras.layers.Layer):
     def get_params(self) -> Any:
         """The current `params` as a PyTree of JAX arrays.
 
-        Example:
-
-        >>> import jax.numpy as jnp
-        >>> from jaxlayer import JaxLayer
-        >>> layer = JaxLayer(lambda params, inputs: inputs * params["w"],
-        ...                  params={"w": jnp.float32(2.0)})
-        >>> layer.get_params()
-        {'w': Array(2., dtype=float32)}
+        Examples:
+            >>> import jax.numpy as jnp
+            >>> from jaxlayer import JaxLayer
+            >>> layer = JaxLayer(lambda params, inputs: inputs * params["w"],
+            ...                  params={"w": jnp.float32(2.0)})
+            >>> layer.get_params()
+            {'w': Array(2., dtype=float32)}
         """
         return self._params_layout.rebuild([self._bridge.variable_to_jax(v) for v in self._param_variables])
 

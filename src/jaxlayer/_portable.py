@@ -31,24 +31,24 @@ class PortableLayer(JaxLayer):
 
     Args:
         portable: the saved description of the programs (from the config).
-        params_spec / state_spec: the saved layouts of params and state.
+        params_spec: the saved layout of params.
+        state_spec: the saved layout of state.
         seed: the seed of the layer's rng generator.
         **kwargs: the usual Keras layer arguments.
 
-    Example:
-
-    >>> import jax.numpy as jnp, keras, numpy as np, tempfile, os
-    >>> from jaxlayer import JaxLayer, PortableLayer
-    >>> layer = JaxLayer(lambda params, inputs: inputs @ params["w"],
-    ...                  params={"w": jnp.ones((4, 2))})
-    >>> model = keras.Sequential([keras.Input((4,)), layer])
-    >>> path = os.path.join(tempfile.mkdtemp(), "m.keras")
-    >>> model.save(path)  # a lambda: saved as the program itself
-    >>> loaded = keras.models.load_model(path)
-    >>> isinstance(loaded.layers[0], PortableLayer)
-    True
-    >>> np.asarray(loaded(np.ones((3, 4), "float32"))).tolist()
-    [[4.0, 4.0], [4.0, 4.0], [4.0, 4.0]]
+    Examples:
+        >>> import jax.numpy as jnp, keras, numpy as np, tempfile, os
+        >>> from jaxlayer import JaxLayer, PortableLayer
+        >>> layer = JaxLayer(lambda params, inputs: inputs @ params["w"],
+        ...                  params={"w": jnp.ones((4, 2))})
+        >>> model = keras.Sequential([keras.Input((4,)), layer])
+        >>> path = os.path.join(tempfile.mkdtemp(), "m.keras")
+        >>> model.save(path)  # a lambda: saved as the program itself
+        >>> loaded = keras.models.load_model(path)
+        >>> isinstance(loaded.layers[0], PortableLayer)
+        True
+        >>> np.asarray(loaded(np.ones((3, 4), "float32"))).tolist()
+        [[4.0, 4.0], [4.0, 4.0], [4.0, 4.0]]
     """
 
     def __init__(

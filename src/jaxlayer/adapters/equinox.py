@@ -54,15 +54,14 @@ class EquinoxLayer(AdapterLayer):
         **kwargs: `seed`, `name`, `dtype`, `trainable` and the other JaxLayer /
             Keras layer arguments.
 
-    Example:
-
-    >>> import equinox as eqx, jax, numpy as np
-    >>> from jaxlayer import EquinoxLayer
-    >>> layer = EquinoxLayer(eqx.nn.Linear(4, 3, key=jax.random.key(0)))
-    >>> layer(np.ones((2, 4), "float32")).shape
-    (2, 3)
-    >>> sorted(v.name for v in layer.weights)
-    ['bias', 'weight']
+    Examples:
+        >>> import equinox as eqx, jax, numpy as np
+        >>> from jaxlayer import EquinoxLayer
+        >>> layer = EquinoxLayer(eqx.nn.Linear(4, 3, key=jax.random.key(0)))
+        >>> layer(np.ones((2, 4), "float32")).shape
+        (2, 3)
+        >>> sorted(v.name for v in layer.weights)
+        ['bias', 'weight']
     """
 
     def __init__(

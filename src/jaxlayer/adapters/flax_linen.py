@@ -73,15 +73,14 @@ class FlaxLayer(AdapterLayer):
         **kwargs: `seed`, `name`, `dtype`, `trainable` and the other JaxLayer /
             Keras layer arguments.
 
-    Example:
-
-    >>> import flax.linen as nn, numpy as np
-    >>> from jaxlayer import FlaxLayer
-    >>> layer = FlaxLayer(nn.Dense(3))
-    >>> layer(np.ones((2, 4), "float32")).shape
-    (2, 3)
-    >>> sorted(v.name for v in layer.weights)
-    ['params.bias', 'params.kernel']
+    Examples:
+        >>> import flax.linen as nn, numpy as np
+        >>> from jaxlayer import FlaxLayer
+        >>> layer = FlaxLayer(nn.Dense(3))
+        >>> layer(np.ones((2, 4), "float32")).shape
+        (2, 3)
+        >>> sorted(v.name for v in layer.weights)
+        ['params.bias', 'params.kernel']
     """
 
     def __init__(

@@ -46,15 +46,14 @@ class HaikuLayer(AdapterLayer):
         **kwargs: `seed`, `name`, `dtype`, `trainable` and the other JaxLayer /
             Keras layer arguments.
 
-    Example:
-
-    >>> import haiku as hk, numpy as np
-    >>> from jaxlayer import HaikuLayer
-    >>> layer = HaikuLayer(hk.transform(lambda x: hk.Linear(3)(x)))
-    >>> layer(np.ones((2, 4), "float32")).shape
-    (2, 3)
-    >>> sorted(v.name for v in layer.weights)
-    ['linear.b', 'linear.w']
+    Examples:
+        >>> import haiku as hk, numpy as np
+        >>> from jaxlayer import HaikuLayer
+        >>> layer = HaikuLayer(hk.transform(lambda x: hk.Linear(3)(x)))
+        >>> layer(np.ones((2, 4), "float32")).shape
+        (2, 3)
+        >>> sorted(v.name for v in layer.weights)
+        ['linear.b', 'linear.w']
     """
 
     def __init__(

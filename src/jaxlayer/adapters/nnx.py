@@ -49,16 +49,15 @@ class NnxLayer(AdapterLayer):
         **kwargs: `seed`, `name`, `dtype`, `trainable` and the other JaxLayer /
             Keras layer arguments.
 
-    Example:
-
-    >>> from flax import nnx
-    >>> import numpy as np
-    >>> from jaxlayer import NnxLayer
-    >>> layer = NnxLayer(nnx.Linear(4, 3, rngs=nnx.Rngs(0)))
-    >>> layer(np.ones((2, 4), "float32")).shape
-    (2, 3)
-    >>> sorted(v.name for v in layer.weights)
-    ['bias', 'kernel']
+    Examples:
+        >>> from flax import nnx
+        >>> import numpy as np
+        >>> from jaxlayer import NnxLayer
+        >>> layer = NnxLayer(nnx.Linear(4, 3, rngs=nnx.Rngs(0)))
+        >>> layer(np.ones((2, 4), "float32")).shape
+        (2, 3)
+        >>> sorted(v.name for v in layer.weights)
+        ['bias', 'kernel']
     """
 
     def __init__(self, module: Any, **kwargs: Any):

@@ -9,7 +9,7 @@ CONSTRAINTS := requirements/constraints.txt
 BACKENDS ?= jax tensorflow torch numpy
 PYTEST := $(PY) -m pytest -p no:cacheprovider -q
 
-.PHONY: setup demo test test-backends test-nnx test-minimal lint bench clean
+.PHONY: setup demo test test-backends test-nnx test-minimal lint docs docs-serve bench clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,9 +24,12 @@ setup: $(STAMP)
 demo: setup $(MIN_STAMP)
 	KERAS_BACKEND=jax $(VENV)/bin/jaxlayer demo --reload-python $(MIN_VENV)/bin/python
 
-# One pytest process per Keras backend (Keras reads KERAS_BACKEND once),
-# then Keras's NNX mode, then an environment with only keras + jax.
-test: setup lint test-backends test-nnx test-minimal
+# The docs site is built strictly first (a broken link, a missing API page
+# or an unparsable docstring fails), then one pytest process per Keras
+# backend (Keras reads KERAS_BACKEND once; tests/test_docs.py runs the
+# pages' examples on jax), then Keras's NNX mode, then an environment with
+# only keras + jax.
+test: setup lint docs test-backends test-nnx test-minimal
 
 # Portable files saved in .venv are also loaded in $(MIN_VENV) (keras + jax only).
 test-backends: setup $(MIN_STAMP)
@@ -53,10 +56,17 @@ test-minimal: $(MIN_STAMP)
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks examples
 
+# The documentation site (mkdocs.yml, docs/) into site/; strict: any warning fails.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
+docs-serve: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --strict
+
 # `make bench BENCH_ARGS="--quick --check"`: --check exits non-zero on a missed target.
 BENCH_ARGS ?=
 bench: setup
 	KERAS_BACKEND=jax $(VENV)/bin/jaxlayer bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) $(MIN_VENV) .pytest_cache
+	rm -rf $(VENV) $(MIN_VENV) .pytest_cache site

@@ -67,7 +67,7 @@ def replicated_variables(model: Any) -> Iterator[None]:
     each split variable on every device. Variables every process can read
     already are left alone, and so is everything on one process.
 
-    Example (every process runs this)::
+    Example (every process runs this):
 
         path = "model.keras" if jax.process_index() == 0 else f"/tmp/scratch-{jax.process_index()}.keras"
         with jaxlayer.replicated_variables(model):

@@ -53,8 +53,10 @@ test-minimal: $(MIN_STAMP)
 	@echo "=== pytest in $(MIN_VENV): only keras + jax installed ==="
 	KERAS_BACKEND=jax $(MIN_VENV)/bin/python -m pytest -p no:cacheprovider -q tests/minimal_env
 
+# ruff, then basedpyright in standard mode over src/ ([tool.basedpyright] in pyproject.toml).
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/basedpyright --pythonpath $(PY)
 
 # The documentation site (mkdocs.yml, docs/) into site/; strict: any warning fails.
 docs: setup

@@ -21,6 +21,16 @@ try:  # Keras internals; another layout of Keras just disables the shortcut.
 except ImportError:  # pragma: no cover
     global_state = None
 
+    # Never consulted: without `global_state` the shortcut is off.
+    def in_stateless_scope() -> bool:
+        return True
+
+    def in_symbolic_scope() -> bool:
+        return True
+
+    def get_autocast_scope() -> Any:
+        return None
+
 
 def keras_would_only_call(layer: keras.layers.Layer, inputs: Any) -> bool:
     """True when Keras's `Layer.__call__` has nothing to do but call `call`.

@@ -128,6 +128,8 @@ def export_program(
     input_leaves, input_treedef = jax.tree.flatten(input_specs)
     blobs: dict[str, bytes] = {}
     flags: dict[str, Any] = {}
+    forward: Any = None
+    platforms_used: list[str] = []
     for training, flag in FLAGS.items():
         rng_leaves, rng_treedef = jax.tree.flatten(rng_trees[training])
         exporter = _FlagExporter(program, training, rng_treedef, input_treedef, layer_name)
@@ -269,8 +271,8 @@ def _export_failure(layer_name: str, cause: str, error: BaseException | None = N
 
 
 def _merge(leaves: Sequence, replacements: Sequence, mask: Sequence[bool]) -> list:
-    replacements = iter(replacements)
-    return [next(replacements) if m else leaf for leaf, m in zip(leaves, mask)]
+    remaining = iter(replacements)
+    return [next(remaining) if m else leaf for leaf, m in zip(leaves, mask)]
 
 
 # ----------------------------------------------------------------------- load

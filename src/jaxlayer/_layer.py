@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import keras
 import numpy as np
+from jax.core import Tracer
 
 from ._backends import get_bridge
 from ._eager import keras_would_only_call
@@ -117,7 +118,7 @@ class JaxLayer(LayerSaving, keras.layers.Layer):
         native_serialization_platforms: Any = None,
         save_as: str = "auto",
         **kwargs: Any,
-    ):
+    ) -> None:
         check_save_as(save_as)
         params_spec = kwargs.pop("params_spec", None)
         state_spec = kwargs.pop("state_spec", None)
@@ -591,7 +592,7 @@ def _static_training(training: Any) -> Any:
     its `call` under `jax.checkpoint`, which traces the flag it passes on;
     the outer layer's Keras call context still holds it as a Python bool.
     """
-    if not isinstance(training, jax.core.Tracer):
+    if not isinstance(training, Tracer):
         return training
     from keras.src.backend.common import global_state
 

@@ -17,13 +17,23 @@ portable form otherwise.
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import jax
 import keras
 import numpy as np
 
 from ._saving import NotRegisteredError, UnencodableTree, encode_tree
+
+if TYPE_CHECKING:
+    from ._program import Program
+    from ._signature import FunctionSignature
+
+    # For the type checker only: the mixin is always combined with a Layer.
+    _MixinBase = keras.layers.Layer
+else:
+    _MixinBase = object
 
 SAVE_AS = ("auto", "portable", "source")
 
@@ -39,8 +49,33 @@ def check_save_as(save_as: Any) -> str:
     return save_as
 
 
-class LayerSaving:
+class LayerSaving(_MixinBase):
     """The Keras saving hooks of `JaxLayer` (a mixin; see the module docstring)."""
+
+    # Set by `JaxLayer.__init__` / `build`; declared for the type checker.
+    call_fn: Callable[..., Any]
+    init_fn: Callable[..., Any] | None
+    save_as: str
+    native_serialization_platforms: Any
+    seed_generator: Any
+    _seed: int | None
+    _signature: FunctionSignature
+    _program: Program
+    _param_variables: list
+    _state_variables: list
+    _params_tree: Any
+    _state_tree: Any
+    _input_record: Any
+    _input_dtypes: Any
+    _export_cache: Any
+
+    if TYPE_CHECKING:
+
+        def _set_untracked(self, name: str, value: Any) -> None: ...
+
+        def _call_aval(self, variable: Any) -> jax.ShapeDtypeStruct: ...
+
+        def _abstract_call_rng(self, training: bool) -> Any: ...
 
     # ----------------------------------------------------------------- config
 

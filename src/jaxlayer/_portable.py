@@ -11,7 +11,7 @@ the layer it came from; `get_params` / `set_params` use the saved tree layout
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, cast
 
 import jax
 import keras
@@ -58,7 +58,7 @@ class PortableLayer(JaxLayer):
         state_spec: Any = None,
         seed: int | None = None,
         **kwargs: Any,
-    ):
+    ) -> None:
         kwargs.pop("save_as", None)
         model = ExportedModel.from_metadata(portable)
         super().__init__(
@@ -74,7 +74,7 @@ class PortableLayer(JaxLayer):
     @property
     def exported(self) -> ExportedModel:
         """The stored programs and their description."""
-        return self.call_fn
+        return cast(ExportedModel, self.call_fn)
 
     @classmethod
     def from_config(cls, config: dict) -> PortableLayer:

@@ -118,17 +118,17 @@ class SavedNode:
     `node["name"]` or `node.name`.
     """
 
-    def __init__(self, type_name: str, keys: list[str], children: list):
+    def __init__(self, type_name: str, keys: list[str], children: list) -> None:
         self.type_name = type_name
         self.keys = list(keys)
         self.children = list(children)
 
-    def tree_flatten_with_keys(self):
+    def tree_flatten_with_keys(self) -> tuple[list, tuple[str, tuple[str, ...]]]:
         keys = [jax.tree_util.GetAttrKey(k) for k in self.keys]
         return list(zip(keys, self.children)), (self.type_name, tuple(self.keys))
 
     @classmethod
-    def tree_unflatten(cls, aux, children):
+    def tree_unflatten(cls, aux: tuple[str, tuple[str, ...]], children: Any) -> SavedNode:
         type_name, keys = aux
         return cls(type_name, list(keys), list(children))
 
@@ -154,7 +154,7 @@ class SavedNode:
 class OpaqueLeaf:
     """Stands in for a static leaf (a function, an object) of a saved tree."""
 
-    def __init__(self, type_name: str):
+    def __init__(self, type_name: str) -> None:
         self.type_name = type_name
 
     def __eq__(self, other: object) -> bool:

@@ -133,8 +133,8 @@ class TreeLayout:
 
     def rebuild(self, arrays: Sequence[Any]) -> Any:
         """The tree with `arrays` at the array leaves and the static leaves as kept."""
-        arrays = iter(arrays)
-        leaves = [next(arrays) if array else static for array, static in zip(self.is_array, self.statics)]
+        remaining = iter(arrays)
+        leaves = [next(remaining) if array else static for array, static in zip(self.is_array, self.statics)]
         return self.treedef.unflatten(leaves)
 
     def match(self, tree: Any, what: str, fix: str) -> list:

@@ -12,6 +12,7 @@ import contextlib
 from typing import Any
 
 import jax
+from jax.core import Tracer
 
 from .base import Bridge
 
@@ -44,13 +45,13 @@ class JaxBridge(Bridge):
         return jax.device_put(array, may_alias=False)
 
     def is_eager_tensor(self, value: Any) -> bool:
-        return isinstance(value, jax.Array) and not isinstance(value, jax.core.Tracer)
+        return isinstance(value, jax.Array) and not isinstance(value, Tracer)
 
     def seed_to_key(self, seed: Any) -> jax.Array:
         return jax.numpy.asarray(seed, dtype=jax.numpy.uint32)
 
     def build_context(self, inputs: Any, layer_name: str):
-        tracing = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(inputs))
+        tracing = any(isinstance(leaf, Tracer) for leaf in jax.tree.leaves(inputs))
         if not tracing:
             return contextlib.nullcontext()
         if _in_keras_symbolic_scope():

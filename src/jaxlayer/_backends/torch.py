@@ -16,17 +16,23 @@ memory with a tensor torch can mutate. Values handed out of the layer
 (`to_jax`, `from_jax`) are always copies.
 """
 
+# `torch.compiler.disable` is annotated to return a union of callables, which
+# the type checker cannot match with the methods it decorates.
+# pyright: reportIncompatibleMethodOverride=false
+
 from __future__ import annotations
 
 import functools
 import sys
 import weakref
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
+import torch.utils.dlpack
 
 from .base import Bridge
 
@@ -206,13 +212,13 @@ class _UnsignedState:
     to the storage dtype with the sign bits masked off.
     """
 
-    def __init__(self, program: Any, state: list):
+    def __init__(self, program: Any, state: Sequence[Any]):
         self.slots: dict[int, tuple[np.dtype, torch.dtype]] = {}
         for index, (tensor, dtype) in enumerate(zip(state, program.state_dtypes)):
             if _is_unsigned_in_signed_storage(dtype, tensor):
                 self.slots[index] = (np.dtype(dtype), tensor.dtype)
 
-    def encode(self, state: list) -> list:
+    def encode(self, state: Sequence[Any]) -> list:
         """The state tensors, unsigned ones as same-width signed tensors (torch side)."""
         state = list(state)
         for index, (dtype, _) in self.slots.items():
@@ -313,8 +319,8 @@ class _Call:
         self.mask = mask
         self.layout = layout
         # Filled by the forward pass:
-        self.outputs = None
-        self.new_state = None
+        self.outputs: tuple[Any, list, list[bool]] | None = None
+        self.new_state: Any = None
 
 
 class _JaxFunction(torch.autograd.Function):
@@ -393,7 +399,7 @@ def _keras_export_format() -> str | None:
     """The format of the Keras `model.export` on the call stack, if any."""
     frame = sys._getframe(1)
     while frame is not None:
-        found = _KERAS_EXPORT_MODULES.get(frame.f_globals.get("__name__"))
+        found = _KERAS_EXPORT_MODULES.get(str(frame.f_globals.get("__name__")))
         if found is not None:
             return found
         frame = frame.f_back
@@ -495,6 +501,7 @@ class TorchBridge(Bridge):
         layout = (num_params, num_state, inputs_treedef)
         call = _Call(program, training, keys, mask, layout, unsigned)
         float_tensors = iter(_JaxFunction.apply(call, *tensors))
+        assert call.outputs is not None, "set by _JaxFunction.forward"
         treedef, tensors_out, is_float = call.outputs
         leaves = [next(float_tensors) if f else t for t, f in zip(tensors_out, is_float)]
         return jax.tree.unflatten(treedef, leaves), call.new_state

@@ -9,7 +9,7 @@ imported only when its adapter is constructed.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 _ADAPTERS = {
     "FlaxLayer": "flax_linen",
@@ -18,7 +18,13 @@ _ADAPTERS = {
     "EquinoxLayer": "equinox",
 }
 
-__all__ = list(_ADAPTERS)
+__all__ = ["FlaxLayer", "NnxLayer", "HaikuLayer", "EquinoxLayer"]  # = the keys of _ADAPTERS
+
+if TYPE_CHECKING:  # the classes, for type checkers; at run time `__getattr__` loads them
+    from .equinox import EquinoxLayer as EquinoxLayer
+    from .flax_linen import FlaxLayer as FlaxLayer
+    from .haiku import HaikuLayer as HaikuLayer
+    from .nnx import NnxLayer as NnxLayer
 
 
 def __getattr__(name: str) -> Any:

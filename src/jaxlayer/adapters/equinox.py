@@ -71,7 +71,7 @@ class EquinoxLayer(AdapterLayer):
         vmap: bool = True,
         axis_name: str | None = "batch",
         **kwargs: Any,
-    ):
+    ) -> None:
         eqx = import_framework("equinox", "EquinoxLayer", "equinox")
         if not isinstance(model, eqx.Module):
             raise wrong_object_error("EquinoxLayer", "model", "an `equinox.Module`", model)
@@ -146,7 +146,7 @@ class EquinoxLayer(AdapterLayer):
 
         if self.vmap:
             batch = jax.tree.leaves(inputs)[0].shape[0]
-            keys = jax.random.split(rng, batch) if use_key else None
+            keys = jax.random.split(rng, batch) if use_key and rng is not None else None
             outputs, new_state = jax.vmap(
                 single,
                 in_axes=(0, None, 0 if use_key else None),
@@ -155,7 +155,7 @@ class EquinoxLayer(AdapterLayer):
             )(inputs, eqx_state, keys)
         else:
             outputs, new_state = single(inputs, eqx_state, rng)
-        if not stateful:
+        if not stateful or new_state is None:
             return outputs, state
         new_tree = {name: new_state.get(index) for name, index in self._state_indices}
         return outputs, self._cast_state(new_tree)

@@ -91,7 +91,7 @@ class FlaxLayer(AdapterLayer):
         rng_streams: Sequence[str] | None = None,
         inference_rng_streams: Sequence[str] = (),
         **kwargs: Any,
-    ):
+    ) -> None:
         linen = import_framework("flax.linen", "FlaxLayer", "flax")
         if not isinstance(module, linen.Module):
             raise wrong_object_error("FlaxLayer", "module", "a `flax.linen.Module`", module)
@@ -133,10 +133,10 @@ class FlaxLayer(AdapterLayer):
         )
         params, state = _split_variables(variables)
         if variables is not None:
-            import flax
+            from flax.core import unfreeze
 
-            params = flax.core.unfreeze(params)
-            state = flax.core.unfreeze(state)
+            params = unfreeze(params)
+            state = unfreeze(state)
 
         def call_fn(params, state, rng, inputs, training):
             return self._apply(params, state, rng, inputs, training, takes_training)
@@ -240,6 +240,6 @@ def _modules_equal(a: Any, b: Any) -> bool:
 
 
 def _unfreeze(variables: Any) -> Any:
-    import flax
+    from flax.core import unfreeze
 
-    return flax.core.unfreeze(variables)
+    return unfreeze(variables)

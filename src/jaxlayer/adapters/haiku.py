@@ -63,7 +63,7 @@ class HaikuLayer(AdapterLayer):
         params: Any = None,
         state: Any = None,
         **kwargs: Any,
-    ):
+    ) -> None:
         hk = import_framework("haiku", "HaikuLayer", "haiku")
         if not isinstance(transformed, (hk.Transformed, hk.TransformedWithState)):
             raise wrong_object_error(
@@ -97,25 +97,22 @@ class HaikuLayer(AdapterLayer):
         apply = transformed.apply
         # `call_fn` takes exactly what the transform needs (arguments are
         # bound by name): `state` only with state, `rng` only with an rng.
-        if with_state and apply_rng:
+        def call_with_state_and_rng(params, state, rng, inputs, training):
+            return apply(params, state, rng, inputs, **flag_kwargs(training))
 
-            def call_fn(params, state, rng, inputs, training):
-                return apply(params, state, rng, inputs, **flag_kwargs(training))
+        def call_with_state(params, state, inputs, training):
+            return apply(params, state, inputs, **flag_kwargs(training))
 
-        elif with_state:
+        def call_with_rng(params, rng, inputs, training):
+            return apply(params, rng, inputs, **flag_kwargs(training))
 
-            def call_fn(params, state, inputs, training):
-                return apply(params, state, inputs, **flag_kwargs(training))
+        def call_stateless(params, inputs, training):
+            return apply(params, inputs, **flag_kwargs(training))
 
-        elif apply_rng:
-
-            def call_fn(params, rng, inputs, training):
-                return apply(params, rng, inputs, **flag_kwargs(training))
-
+        if with_state:
+            call_fn = call_with_state_and_rng if apply_rng else call_with_state
         else:
-
-            def call_fn(params, inputs, training):
-                return apply(params, inputs, **flag_kwargs(training))
+            call_fn = call_with_rng if apply_rng else call_stateless
 
         if params is None and state is not None:
             raise ValueError("`HaikuLayer` got `state=` without `params=`; pass both.")
@@ -212,8 +209,10 @@ class HaikuLayer(AdapterLayer):
         function = deserialize_function(config.pop("function"))
         with_state = config.pop("with_state")
         apply_rng = config.pop("apply_rng")
-        transformed = (hk.transform_with_state if with_state else hk.transform)(function)
-        if not apply_rng:
-            transformed = hk.without_apply_rng(transformed)
-        config["transformed"] = transformed
+        if with_state:
+            stateful = hk.transform_with_state(function)
+            config["transformed"] = stateful if apply_rng else hk.without_apply_rng(stateful)
+        else:
+            stateless = hk.transform(function)
+            config["transformed"] = stateless if apply_rng else hk.without_apply_rng(stateless)
         return config

@@ -24,7 +24,7 @@ def _plain_path(path: Any) -> tuple:
 
 
 def _is_key(leaf: Any) -> bool:
-    return hasattr(leaf, "dtype") and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+    return hasattr(leaf, "dtype") and jax.numpy.issubdtype(leaf.dtype, jax.dtypes.prng_key)
 
 
 @keras.saving.register_keras_serializable(package="jaxlayer")
@@ -60,7 +60,7 @@ class NnxLayer(AdapterLayer):
         ['bias', 'kernel']
     """
 
-    def __init__(self, module: Any, **kwargs: Any):
+    def __init__(self, module: Any, **kwargs: Any) -> None:
         nnx = import_framework("flax.nnx", "NnxLayer", "flax")
         if not isinstance(module, nnx.Module):
             raise wrong_object_error(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -22,10 +22,10 @@ def load_digits(seed: int = 0, test_fraction: float = 0.2) -> Digits:
     from sklearn.datasets import load_digits as sklearn_digits
     from sklearn.model_selection import train_test_split
 
-    digits = sklearn_digits()
-    images = (digits.images / 16.0).astype("float32")[..., None]
-    labels = digits.target.astype("int32")
+    digits: Any = sklearn_digits()
+    images = (np.asarray(digits.images) / 16.0).astype("float32")[..., None]
+    labels = np.asarray(digits.target).astype("int32")
     x_train, x_test, y_train, y_test = train_test_split(
         images, labels, test_size=test_fraction, random_state=seed, stratify=labels
     )
-    return Digits(x_train, y_train, x_test, y_test)
+    return Digits(*(np.asarray(a) for a in (x_train, y_train, x_test, y_test)))

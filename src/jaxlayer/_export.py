@@ -31,6 +31,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from ._keras_export import keras_export_format
 from ._program import AbstractInput, with_symbolic_dims
 from ._saving import decode_tree, encode_tree
 from ._variables import TreeLayout, is_array_leaf
@@ -429,9 +430,7 @@ class ExportedModel:
     def __call__(self, *args: Any) -> Any:
         # Runs while JAX traces the layer (never per eager call), so the stack
         # check below costs nothing at run time.
-        from ._backends.tensorflow import in_keras_onnx_export
-
-        if in_keras_onnx_export():
+        if keras_export_format() == "onnx":
             raise ValueError(
                 "A portable JaxLayer (loaded from jax.export programs) cannot be "
                 "exported to ONNX: jax2onnx converts JAX operations, and the stored "

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import sys
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._keras_export import keras_export_format
 from .base import Bridge
 
 
@@ -62,28 +62,6 @@ def _numpy_value(value: Any) -> np.ndarray:
     if hasattr(value, "numpy"):
         value = value.numpy()
     return np.asarray(value)
-
-
-_KERAS_ONNX = "keras.src.export.onnx"
-
-
-def in_keras_onnx_export() -> bool:
-    """Whether Keras's `export_onnx` is on the call stack.
-
-    On this backend `model.export(format="onnx")` traces the model into a
-    `tf.function` exactly as `format="tf_saved_model"` does, then hands the
-    graph to tf2onnx, which cannot convert the `XlaCallModule` op jax2tf
-    emits. Nothing in the trace tells the two apart, so while TensorFlow
-    traces a graph the caller's frames are checked for that Keras function
-    (by module and name). A Keras that moves it only loses this early error.
-    """
-    frame = sys._getframe(1)
-    while frame is not None:
-        code = frame.f_code
-        if code.co_name == "export_onnx" and frame.f_globals.get("__name__") == _KERAS_ONNX:
-            return True
-        frame = frame.f_back
-    return False
 
 
 def _onnx_export_message() -> str:
@@ -197,7 +175,7 @@ class TensorflowBridge(Bridge):
 
     def run(self, program, params, state, rng, inputs, training):
         tf = _tf()
-        if tf.inside_function() and in_keras_onnx_export():
+        if tf.inside_function() and keras_export_format() == "onnx":
             raise ValueError(_onnx_export_message())
         inputs = jax.tree.map(tf.convert_to_tensor, inputs)
         params = [tf.convert_to_tensor(p) for p in params]

@@ -23,7 +23,6 @@ memory with a tensor torch can mutate. Values handed out of the layer
 from __future__ import annotations
 
 import functools
-import sys
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 import torch.utils.dlpack
 
+from .._keras_export import keras_export_format
 from .base import Bridge
 
 
@@ -387,25 +387,6 @@ def _variables_device(params, state) -> torch.device:
     return torch.device(get_device())
 
 
-# Keras's export modules, by the format they write (for error messages only).
-_KERAS_EXPORT_MODULES = {
-    "keras.src.export.onnx": "onnx",
-    "keras.src.export.torch": "torch",
-    "keras.src.export.litert": "litert",
-}
-
-
-def _keras_export_format() -> str | None:
-    """The format of the Keras `model.export` on the call stack, if any."""
-    frame = sys._getframe(1)
-    while frame is not None:
-        found = _KERAS_EXPORT_MODULES.get(str(frame.f_globals.get("__name__")))
-        if found is not None:
-            return found
-        frame = frame.f_back
-    return None
-
-
 def _check_not_traced_by_torch() -> None:
     """Raises a clear error when torch traces the layer to export it.
 
@@ -428,7 +409,7 @@ def _check_not_traced_by_torch() -> None:
             "program with jax2onnx); a `.keras` file saved on any backend loads "
             "there. Received: format=onnx"
         )
-    found = _keras_export_format()
+    found = keras_export_format()
     received = f"format={found}" if found else "a call traced by torch.export or torch.jit.trace"
     raise ValueError(
         "JaxLayer cannot be traced by torch.export or torch.jit.trace (which Keras's "

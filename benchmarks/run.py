@@ -17,7 +17,16 @@ import sys
 import time
 from pathlib import Path
 
-WORKLOADS = ("fit", "eager", "predict", "build", "backends", "scaling", "portable")
+WORKLOADS = (
+    "fit",
+    "eager",
+    "predict",
+    "build",
+    "backends",
+    "scaling",
+    "portable",
+    "architectures",
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -126,7 +135,8 @@ def main(argv=None) -> int:
     rows: list[Row] = []
     durations = {}
     # Quick mode leaves out the other backends (each child imports TF or torch).
-    default = [w for w in WORKLOADS if w != "backends"] if args.quick else WORKLOADS
+    per_backend = ("backends", "architectures")
+    default = [w for w in WORKLOADS if w not in per_backend] if args.quick else WORKLOADS
     for name in args.only or default:
         start = time.perf_counter()
         module = importlib.import_module(f"benchmarks.bench_{name}")

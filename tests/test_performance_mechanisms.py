@@ -6,6 +6,8 @@
 - Nothing imports TensorFlow on the JAX backend (build, fit, predict).
 - The JAX backend's direct eager path keeps Keras's behaviour (outputs,
   state updates, RNG advance, mixed precision, nested calls).
+- On tensorflow, the backward pass of a training call reuses the forward
+  pass's residuals instead of running the forward again.
 """
 
 from __future__ import annotations
@@ -274,3 +276,53 @@ def test_eager_call_under_a_distribution_takes_the_full_path(full_path_calls):
     finally:
         keras.distribution.set_distribution(None)
     assert full_path_calls == ["JaxLayer"]
+
+
+def _xla_call_module_programs(graph_def) -> set:
+    """The StableHLO text of every `XlaCallModule` op in a TF graph and its functions.
+
+    Uses JAX internals (the portable-artifact reader that `jax.export` uses
+    for `Exported.mlir_module`) to read the serialized programs.
+    """
+    from jax._src.interpreters import mlir
+    from jax._src.lib import _jax
+
+    nodes = list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]
+    programs = set()
+    for node in nodes:
+        if node.op == "XlaCallModule":
+            with mlir.make_ir_context():
+                module = _jax.mlir.deserialize_portable_artifact(node.attr["module"].s)
+                programs.add(mlir.module_to_string(module))
+    return programs
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="the jax2tf bridge's gradient")
+def test_tensorflow_backward_reuses_the_forward_residuals():
+    """jax2tf's own gradient converts `jax.vjp` of the whole function, so its
+    backward op computes `sin(x @ w)` again; ours takes `cos(x @ w)` from the
+    forward op's residuals and computes no sine or cosine."""
+    import tensorflow as tf
+
+    def call_fn(params, inputs):
+        return jnp.sin(inputs @ params["w"])
+
+    layer = JaxLayer(call_fn, params={"w": np.full((3, 2), 0.5, "float32")})
+    x = tf.constant(np.linspace(-1, 1, 12, dtype="float32").reshape(4, 3))
+
+    @tf.function
+    def gradients(x):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer(x, training=True))
+        return tape.gradient(loss, layer.trainable_variables)
+
+    graph_def = gradients.get_concrete_function(x).graph.as_graph_def()
+    programs = _xla_call_module_programs(graph_def)
+    forward = [p for p in programs if "stablehlo.sine" in p]
+    backward = [p for p in programs if "stablehlo.sine" not in p]
+    assert len(forward) == 1 and len(backward) == 1, programs
+    assert "stablehlo.cosine" in forward[0]  # the residual, computed once
+    assert "stablehlo.cosine" not in backward[0]
+    # and the gradient is right: d/dw sum(sin(x @ w)) = x^T cos(x @ w)
+    expected = x.numpy().T @ np.cos(x.numpy() @ np.full((3, 2), 0.5, "float32"))
+    np.testing.assert_allclose(to_numpy(gradients(x)[0]), expected, rtol=1e-5, atol=1e-6)

@@ -1,9 +1,11 @@
 """The TensorFlow backend bridge: the program runs as a `jax2tf` conversion.
 
-`jax2tf.convert(..., with_gradient=True)` embeds the compiled JAX program in
-the TensorFlow graph (an `XlaCallModule` op) with a custom gradient from
-`jax.vjp`, so `tf.GradientTape` (and Keras's `fit`) sees gradients for every
-parameter and for the inputs. One conversion is made per training flag and
+`jax2tf.convert` embeds the compiled JAX program in the TensorFlow graph (an
+`XlaCallModule` op) with a custom gradient from `jax.vjp`, so
+`tf.GradientTape` (and Keras's `fit`) sees gradients for every parameter and
+for the inputs. In training calls the forward op also returns the `jax.vjp`
+residuals and the backward op reuses them (`_SavedResidualsCall`); inference
+calls keep jax2tf's own gradient, which runs the forward again. One conversion is made per training flag and
 per input signature (structure, dtypes, non-batch dimensions); the leading
 (batch) dimension is symbolic, so every batch size, and graph-mode tensors
 with unknown dimensions, reuse the same conversion. The Keras TF seed

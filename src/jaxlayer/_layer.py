@@ -428,20 +428,63 @@ class JaxLayer(LayerSaving, keras.layers.Layer):
         rematerialized `run` (recomputed in the backward pass by some
         backends) sees the same rng, params and state the forward pass saw.
         """
-        training = bool(training)
         if self._input_record is None:
             self._record_inputs(inputs)
-        rng = self._get_call_rng(training) if self.seed_generator is not None else None
-        outputs, new_state = run(
-            inputs,
-            rng,
-            [v.value for v in self._param_variables],
-            [v.value for v in self._state_variables],
-            training=training,
-        )
+        params = [v.value for v in self._param_variables]
+        state = [v.value for v in self._state_variables]
+        if isinstance(training, Tracer):
+            outputs, new_state = self._run_with_traced_flag(run, inputs, params, state, training)
+        else:
+            training = bool(training)
+            rng = self._get_call_rng(training) if self.seed_generator is not None else None
+            outputs, new_state = run(inputs, rng, params, state, training=training)
         for variable, value in zip(self._state_variables, new_state):
             variable.assign(value)
         return outputs
+
+    def _run_with_traced_flag(
+        self, run: Callable, inputs: Any, params: list, state: list, training: Any
+    ) -> tuple[Any, list]:
+        """Both programs, chosen by `jax.lax.cond` on a traced `training` flag.
+
+        A JAX transformation of an enclosing model can trace the flag Keras
+        passes (Keras's remat of a whole model created inside
+        `keras.RematScope` runs its `call` under `jax.checkpoint`). A layer
+        with state or an rng cannot be run so: its new state, or its seed generator's, would be a value of the
+        enclosing transformation's trace, which Keras reads after that trace
+        has ended.
+        """
+        if self._state_variables or self.seed_generator is not None:
+            what = "state" if self._state_variables else "an `rng` (a Keras seed generator)"
+            raise ValueError(
+                f"JaxLayer `{self.name}` has {what} and was called with a traced "
+                f"`training` flag: a JAX transformation of the enclosing model traced "
+                f"it (Keras's remat of a whole model created inside "
+                f"`keras.RematScope`), and the update could not leave that "
+                f"transformation. Create the model outside `keras.RematScope` and the "
+                f"layers inside it: each layer's program is then rematerialized, with "
+                f"its rng draw and state update outside. Received: training={training}"
+            )
+
+        def branch(flag: bool) -> Callable:
+            def run_branch(operands):
+                outputs, new_state = run(inputs, None, *operands, training=flag)
+                return outputs, list(new_state)
+
+            return run_branch
+
+        try:
+            return jax.lax.cond(training, branch(True), branch(False), (params, state))
+        except TypeError as error:
+            raise ValueError(
+                f"JaxLayer `{self.name}` was called with a traced `training` flag (a JAX "
+                f"transformation of the enclosing model traced it), so both the "
+                f"training and the inference program run under `jax.lax.cond`, which "
+                f"needs their outputs to have the same structure, shapes and dtypes. "
+                f"Make `call_fn` return the same kind of outputs for both values of "
+                f"`training`, or create the model outside `keras.RematScope` (and the "
+                f"layers inside it). JAX said: {error}"
+            ) from error
 
     def _run(self, inputs: Any, rng: Any, params: list, state: list, training: bool) -> Any:
         return self._bridge.run(self._program, params, state, rng, inputs, training)

@@ -68,8 +68,8 @@ class FunctionSignature:
                     f"`{role}` ({_describe(fn)}) has an unsupported argument "
                     f"`{parameter.name}`. Allowed names: {_quoted(allowed)} "
                     f"(`inputs` is required, the others optional). Rename it or "
-                    f"wrap the function (see the README, 'Adapting other "
-                    f"signatures'). Received: {role}={_describe(fn)}"
+                    f"wrap the function (see 'Adapting other signatures' in "
+                    f"docs/frameworks/jax.md). Received: {role}={_describe(fn)}"
                 )
             names.append(parameter.name)
         if "inputs" not in names:

@@ -55,7 +55,7 @@ test-minimal: $(MIN_STAMP)
 
 # ruff, then basedpyright in standard mode over src/ ([tool.basedpyright] in pyproject.toml).
 lint: setup
-	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/ruff check src tests benchmarks examples docs
 	$(VENV)/bin/basedpyright --pythonpath $(PY)
 
 # The documentation site (mkdocs.yml, docs/) into site/; strict: any warning fails.

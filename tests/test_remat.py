@@ -94,7 +94,7 @@ def test_model_created_in_remat_scope_trains_like_without_remat():
     np.testing.assert_allclose(to_numpy(layer(x)), expected_out, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.skipif(BACKEND != "jax", reason="only the jax backend traces the flag (torch re-runs the call; see the README)")
+@pytest.mark.skipif(BACKEND != "jax", reason="only the jax backend traces the flag (torch re-runs the call; see docs/keras-features.md)")
 def test_model_created_in_remat_scope_with_state_or_rng_raises_clear_error():
     params = {"w": np.ones((4, 8), "float32"), "v": np.ones((8, 2), "float32")}
     state = {"mean": np.zeros(8, "float32"), "steps": np.zeros((), "int32")}

@@ -29,8 +29,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
+from ._float_vjp import float_vjp, is_float, merge
 from ._keras_export import keras_export_format
 from ._program import AbstractInput, with_symbolic_dims
 from ._saving import decode_tree, encode_tree
@@ -47,10 +47,6 @@ ASSET_SUFFIX = ".jaxexport"
 
 class ExportError(ValueError):
     """The model cannot be expressed as a `jax.export` program."""
-
-
-def _is_float(dtype: Any) -> bool:
-    return bool(jnp.issubdtype(dtype, jnp.inexact))
 
 
 def _abstract(tree: Any) -> Any:
@@ -189,26 +185,9 @@ class _FlagExporter:
         return self._run(params, state, rng_leaves, input_leaves)
 
     def forward_vjp(self, params, state, rng_leaves, input_leaves):
-        param_mask = [_is_float(p.dtype) for p in params]
-        input_mask = [_is_float(x.dtype) for x in input_leaves]
-
-        def differentiable(float_params, float_inputs):
-            outputs, new_state = self._run(
-                _merge(params, float_params, param_mask),
-                state,
-                rng_leaves,
-                _merge(input_leaves, float_inputs, input_mask),
-            )
-            return [o for o in outputs if _is_float(o.dtype)], (outputs, new_state)
-
-        _, pullback, (outputs, new_state) = jax.vjp(
-            differentiable,
-            [p for p, f in zip(params, param_mask) if f],
-            [x for x, f in zip(input_leaves, input_mask) if f],
-            has_aux=True,
-        )
-        residuals, self.residual_treedef = jax.tree.flatten(pullback)
-        return outputs, new_state, residuals
+        vjp = float_vjp(self._run, params, state, rng_leaves, input_leaves)
+        residuals, self.residual_treedef = jax.tree.flatten(vjp.pullback)
+        return vjp.output_leaves, vjp.new_state, residuals
 
     def backward(self, residuals, cotangents):
         pullback = jax.tree.unflatten(self.residual_treedef, residuals)
@@ -222,7 +201,7 @@ class _FlagExporter:
         num_outputs = len(forward.out_avals) - len(args[1])
         residual_avals = list(forward_vjp.out_avals[len(forward.out_avals) :])
         cotangent_avals = [
-            a for a in forward.out_avals[:num_outputs] if _is_float(a.dtype)
+            a for a in forward.out_avals[:num_outputs] if is_float(a.dtype)
         ]
         backward = self._export(self.backward, (residual_avals, cotangent_avals), platforms)
         return {"forward": forward, "forward_vjp": forward_vjp, "backward": backward}
@@ -269,11 +248,6 @@ def _export_failure(layer_name: str, cause: str, error: BaseException | None = N
         f"weights only with `model.save_weights(...)`. Note: Keras had already "
         f"opened the target file, so it is now empty; save to a new path."
     )
-
-
-def _merge(leaves: Sequence, replacements: Sequence, mask: Sequence[bool]) -> list:
-    remaining = iter(replacements)
-    return [next(remaining) if m else leaf for leaf, m in zip(leaves, mask)]
 
 
 # ----------------------------------------------------------------------- load
@@ -396,11 +370,11 @@ class ExportedModel:
         backward = self._deserialize(f"backward.{flag}")
         num_params, num_state = self.metadata["counts"]
         num_outputs = len(forward.out_avals) - num_state
-        output_float = [_is_float(a.dtype) for a in forward.out_avals[:num_outputs]]
+        output_float = [is_float(a.dtype) for a in forward.out_avals[:num_outputs]]
         in_avals = forward.in_avals
         num_inputs = len(jax.tree.leaves(self.input_structure(), is_leaf=_is_abstract))
-        param_float = [_is_float(a.dtype) for a in in_avals[:num_params]]
-        input_float = [_is_float(a.dtype) for a in in_avals[len(in_avals) - num_inputs :]]
+        param_float = [is_float(a.dtype) for a in in_avals[:num_params]]
+        input_float = [is_float(a.dtype) for a in in_avals[len(in_avals) - num_inputs :]]
         num_rng = len(in_avals) - num_params - num_state - num_inputs
 
         @jax.custom_vjp
@@ -418,10 +392,10 @@ class ExportedModel:
             ]
             param_grads, input_grads = backward.call(residuals, float_cotangents)
             return (
-                _merge([None] * num_params, param_grads, param_float),
+                merge([None] * num_params, param_grads, param_float),
                 [None] * num_state,
                 [None] * num_rng,
-                _merge([None] * len(input_float), input_grads, input_float),
+                merge([None] * len(input_float), input_grads, input_float),
             )
 
         run.defvjp(run_forward, run_backward)

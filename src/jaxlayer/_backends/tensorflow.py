@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._float_vjp import float_vjp, is_float, merge
 from .._keras_export import keras_export_format
 from .base import Bridge
 
@@ -367,18 +368,8 @@ def _convert(
     return tf.function(flat_call, input_signature=specs, autograph=False)
 
 
-def _is_float(dtype: Any) -> bool:
-    return jnp.issubdtype(dtype, jnp.inexact)
-
-
 def _is_key(x: Any) -> bool:
     return jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
-
-
-def _merge(leaves: list, replacements: Any, mask: list) -> list:
-    """`leaves` with the masked ones taken in order from `replacements`."""
-    replacements = iter(replacements)
-    return [next(replacements) if m else leaf for leaf, m in zip(leaves, mask, strict=True)]
 
 
 class _SavedResidualsCall:
@@ -418,40 +409,29 @@ class _SavedResidualsCall:
     def _forward_vjp_fn(self, pure: Callable) -> Callable:
         def forward_vjp(trace, params, state, rng, inputs):
             input_leaves, input_treedef = jax.tree.flatten(inputs)
-            param_mask = [_is_float(p.dtype) for p in params]
-            input_mask = [_is_float(x.dtype) for x in input_leaves]
 
-            def differentiable(float_params, float_inputs):
+            def run(params, state, rng, input_leaves):
                 outputs, new_state = pure(
-                    _merge(params, float_params, param_mask),
-                    state,
-                    rng,
-                    jax.tree.unflatten(input_treedef, _merge(input_leaves, float_inputs, input_mask)),
+                    params, state, rng, jax.tree.unflatten(input_treedef, input_leaves)
                 )
-                output_leaves, output_treedef = jax.tree.flatten(outputs)
-                trace["output_treedef"] = output_treedef
-                floats = [o for o in output_leaves if _is_float(o.dtype)]
-                return floats, (output_leaves, list(new_state))
+                output_leaves, trace["output_treedef"] = jax.tree.flatten(outputs)
+                return output_leaves, new_state
 
-            floats, pullback, (output_leaves, new_state) = jax.vjp(
-                differentiable,
-                [p for p, m in zip(params, param_mask) if m],
-                [x for x, m in zip(input_leaves, input_mask) if m],
-                has_aux=True,
-            )
-            residuals, residual_treedef = jax.tree.flatten(pullback)
+            vjp = float_vjp(run, params, state, rng, input_leaves)
+            output_leaves, new_state = vjp.output_leaves, vjp.new_state
+            residuals, residual_treedef = jax.tree.flatten(vjp.pullback)
             key_impls = [jax.random.key_impl(r) if _is_key(r) else None for r in residuals]
             residuals = [jax.random.key_data(r) if _is_key(r) else r for r in residuals]
             trace.update(
                 residual_treedef=residual_treedef,
                 key_impls=key_impls,
-                param_mask=param_mask,
-                input_mask=input_mask,
-                output_mask=[_is_float(o.dtype) for o in output_leaves],
+                param_mask=vjp.param_mask,
+                input_mask=vjp.input_mask,
+                output_mask=[is_float(o.dtype) for o in output_leaves],
                 num_state=len(new_state),
                 # jax2tf's own gradient names shapes the same way.
                 residual_shapes=[str(tuple(r.shape)) for r in residuals],
-                cotangent_shapes=[str(tuple(f.shape)) for f in floats],
+                cotangent_shapes=[str(tuple(f.shape)) for f in vjp.float_outputs],
             )
             return output_leaves + new_state, residuals
 
@@ -520,9 +500,9 @@ class _SavedResidualsCall:
                     *jax.tree.unflatten(self._treedef, flat), residuals, cotangents
                 )
                 return (
-                    _merge([None] * len(params), param_grads, trace["param_mask"])
+                    merge([None] * len(params), param_grads, trace["param_mask"])
                     + [None] * (len(state) + len(rng_leaves))
-                    + _merge([None] * len(input_leaves), input_grads, trace["input_mask"])
+                    + merge([None] * len(input_leaves), input_grads, trace["input_mask"])
                 )
 
             return list(results), gradient

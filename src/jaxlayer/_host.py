@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import jax
 import keras
 import numpy as np
+
+
+def is_spread(value: Any) -> bool:
+    """Whether `value` is a JAX array with shards on other processes' devices."""
+    return isinstance(value, jax.Array) and not value.is_fully_addressable
 
 
 def to_host(tree: Any) -> Any:
@@ -32,7 +37,7 @@ def to_host(tree: Any) -> Any:
     """
     leaves, treedef = jax.tree.flatten(tree)
     leaves = [leaf.value if isinstance(leaf, keras.Variable) else leaf for leaf in leaves]
-    spread = [i for i, leaf in enumerate(leaves) if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable]
+    spread = [i for i, leaf in enumerate(leaves) if is_spread(leaf)]
     if spread:
         from jax.experimental import multihost_utils
 
@@ -82,8 +87,9 @@ def replicated_variables(model: Any) -> Iterator[None]:
     try:
         for variable in variables:
             value = getattr(variable, "_value", None)
-            if id(variable) in seen or not isinstance(value, jax.Array) or value.is_fully_addressable:
+            if id(variable) in seen or not is_spread(value):
                 continue
+            value = cast(jax.Array, value)
             seen.add(id(variable))
             whole = jax.sharding.NamedSharding(_mesh_of(value.sharding), jax.sharding.PartitionSpec())
             kept.append((variable, value))

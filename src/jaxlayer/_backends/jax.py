@@ -14,6 +14,7 @@ from typing import Any
 import jax
 from jax.core import Tracer
 
+from .._host import is_spread
 from .base import Bridge
 
 
@@ -37,7 +38,7 @@ class JaxBridge(Bridge):
     def from_jax(self, array: Any) -> Any:
         # A buffer copy on the device: unlike `jnp.array(copy=True)` it needs
         # no XLA compilation per shape (~0.1 s each on CPU at build time).
-        if isinstance(array, jax.Array) and not array.is_fully_addressable:
+        if is_spread(array):
             # A global array spanning several processes (`jax.distributed`),
             # e.g. an `init_fn` output under a distribution: it can only be
             # copied within its own sharding; Keras then lays it out.

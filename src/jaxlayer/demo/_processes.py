@@ -68,8 +68,12 @@ def shard(array: np.ndarray, index: int, processes: int) -> np.ndarray:
     Equal lengths give every process the same number of steps, so no process
     waits in a collective for a batch another process never sends.
     """
-    usable = len(array) - len(array) % processes
-    return array[:usable][index::processes]
+    return union_of_shards(array, processes)[index::processes]
+
+
+def union_of_shards(array: np.ndarray, processes: int) -> np.ndarray:
+    """The examples that the `processes` shards hold together."""
+    return array[: len(array) - len(array) % processes]
 
 
 def barrier(name: str) -> None:

@@ -270,8 +270,8 @@ def _reload_after_processes(model, model_path, seed, index, processes, test_accu
         return None, None, True, ""
     keras.distribution.set_distribution(None)
     full = load_digits(seed=seed)
-    usable = len(full.x_test) - len(full.x_test) % processes  # the union of the shards
-    x_test, y_test = full.x_test[:usable], full.y_test[:usable]
+    x_test = _processes.union_of_shards(full.x_test, processes)
+    y_test = _processes.union_of_shards(full.y_test, processes)
     reloaded = keras.models.load_model(model_path)
     predictions = predict(reloaded, x_test)
     accuracy = float(np.mean(np.argmax(predictions, axis=-1) == y_test))

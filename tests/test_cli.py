@@ -291,6 +291,7 @@ def test_inspect_lists_portable_and_source_layers_without_building(tmp_path, cap
     assert "inputs: float32[?, 4]" in out and "outputs (inference): float32[?, 3]" in out
     assert "params: 3 arrays, 16 values" in out
     assert "dense.kernel  float32[4, 3]" in out and "steps         int32[]" in out
+    assert "`import jaxlayer` first" in out
 
 
 def test_inspect_source_form_and_a_bad_file(tmp_path, capsys):

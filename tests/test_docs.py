@@ -334,7 +334,7 @@ def test_nav_lists_every_page():
 
 
 def test_documented_portable_format_version_is_the_codes():
-    from jaxlayer._export import PORTABLE_FORMAT_VERSION, check_versions
+    from jaxlayer._portable_programs import PORTABLE_FORMAT_VERSION, check_versions
 
     assert f"It is **{PORTABLE_FORMAT_VERSION}**" in PAGES["saving.md"]
     changelog = (ROOT / "CHANGELOG.md").read_text()

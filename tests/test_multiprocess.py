@@ -69,7 +69,7 @@ def _script_module():
 @functools.cache
 def reports(tmp_root: str) -> tuple[dict, dict]:
     """The reports of the 2-process and the 1-process runs (run once)."""
-    from jaxlayer._local_processes import run_local_processes
+    from jaxlayer.demo._local_processes import run_local_processes
 
     out = {}
     for processes in (2, 1):

@@ -219,14 +219,6 @@ def full_path_calls(monkeypatch):
     return calls
 
 
-def test_keras_internals_for_the_direct_path_are_importable():
-    # If a Keras release moves them, the direct path switches itself off:
-    # this test makes that visible instead of silently slower eager calls.
-    from jaxlayer import _eager
-
-    assert _eager.global_state is not None
-
-
 def test_plain_eager_call_takes_the_direct_path_on_jax_only(full_path_calls):
     layer = JaxLayer(_call_fn, _init_fn)
     x = _inputs(3)

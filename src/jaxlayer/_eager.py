@@ -13,23 +13,22 @@ from typing import Any
 
 import keras
 
-try:  # Keras internals; another layout of Keras just disables the shortcut.
-    from keras.src.backend.common import global_state
-    from keras.src.backend.common.stateless_scope import in_stateless_scope
-    from keras.src.backend.common.symbolic_scope import in_symbolic_scope
-    from keras.src.backend.common.variables import get_autocast_scope
-except ImportError:  # pragma: no cover
-    global_state = None
+from . import _keras_internals as internals
 
-    # Never consulted: without `global_state` the shortcut is off.
-    def in_stateless_scope() -> bool:
-        return True
 
-    def in_symbolic_scope() -> bool:
-        return True
+def is_plain_eager_call(layer: Any, args: tuple, kwargs: dict) -> bool:
+    """True when `layer(*args, **kwargs)` may go straight to `layer.call`.
 
-    def get_autocast_scope() -> Any:
-        return None
+    One positional tensor the bridge runs directly, at most a Python-bool
+    `training=`, the layer's own `call`, and nothing for Keras to do.
+    """
+    if len(args) != 1 or not layer.built:
+        return False
+    if kwargs and (len(kwargs) > 1 or "training" not in kwargs):
+        return False
+    if not isinstance(kwargs.get("training", False), bool):
+        return False
+    return layer._bridge.is_eager_tensor(args[0]) and keras_would_only_call(layer, args[0])
 
 
 def keras_would_only_call(layer: keras.layers.Layer, inputs: Any) -> bool:
@@ -39,7 +38,7 @@ def keras_would_only_call(layer: keras.layers.Layer, inputs: Any) -> bool:
     losses), autocast or distribution scope, stateless/symbolic trace,
     regularizer, remat or quantization.
     """
-    if global_state is None:  # pragma: no cover
+    if not internals.keras_internals_available:  # pragma: no cover
         return False
     return (
         layer.input_spec is None
@@ -50,9 +49,9 @@ def keras_would_only_call(layer: keras.layers.Layer, inputs: Any) -> bool:
         and layer.compute_dtype == layer.variable_dtype
         and keras.backend.standardize_dtype(inputs.dtype) == layer.input_dtype
         and getattr(inputs, "_keras_mask", None) is None
-        and global_state.get_global_attribute("current_call_ctx") is None
-        and global_state.get_global_attribute("distribution") is None
-        and get_autocast_scope() is None
-        and not in_stateless_scope()
-        and not in_symbolic_scope()
+        and internals.global_attribute("current_call_ctx") is None
+        and internals.global_attribute("distribution") is None
+        and not internals.autocast_scope_active()
+        and not internals.in_stateless_scope()
+        and not internals.in_symbolic_scope()
     )

@@ -1,9 +1,11 @@
 """`jax.vjp` of a layer program with respect to its float params and inputs.
 
-The portable export (`_export.py`) and the TensorFlow bridge's training calls
-both split a call into a forward pass that keeps the vjp residuals and a
-backward pass that uses them. Integer and boolean leaves (and the state and
-rng) never meet a cotangent.
+Every differentiated call splits into a forward pass that keeps the vjp
+residuals and a backward pass that uses them: the portable export
+(`_portable_programs.py`), the tensorflow bridge's training calls and the
+torch bridge's autograd function. Which leaves meet a cotangent is decided
+by `_dtypes.is_float` alone: integer, boolean and complex leaves, the state
+and the rng never do.
 """
 
 from __future__ import annotations
@@ -12,12 +14,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 
-
-def is_float(dtype: Any) -> bool:
-    """Whether leaves of `dtype` are differentiated (floating or complex)."""
-    return bool(jnp.issubdtype(dtype, jnp.inexact))
+from ._dtypes import is_float
 
 
 def merge(leaves: Sequence, replacements: Sequence, mask: Sequence[bool]) -> list:
@@ -35,15 +33,27 @@ class FloatVjp(NamedTuple):
     input_mask: list[bool]
 
 
-def float_vjp(run: Callable, params: list, state: Any, rng: Any, input_leaves: list) -> FloatVjp:
+def float_vjp(
+    run: Callable,
+    params: list,
+    state: Any,
+    rng: Any,
+    input_leaves: list,
+    wanted: tuple[Sequence[bool], Sequence[bool]] | None = None,
+) -> FloatVjp:
     """`jax.vjp` of `run(params, state, rng, input_leaves) -> (output_leaves, new_state)`.
 
-    Differentiated with respect to the float params and float input leaves,
-    for the float outputs; the pullback maps their cotangents to
+    Differentiated with respect to the float params and float input leaves
+    (of those, only the ones `wanted = (param_mask, input_mask)` marks, when
+    given: the torch bridge skips what autograd does not ask for), for the
+    float outputs; the pullback maps the float outputs' cotangents to
     `(param_grads, input_grads)`, one per masked leaf.
     """
     param_mask = [is_float(p.dtype) for p in params]
     input_mask = [is_float(x.dtype) for x in input_leaves]
+    if wanted is not None:
+        param_mask = [m and w for m, w in zip(param_mask, wanted[0], strict=True)]
+        input_mask = [m and w for m, w in zip(input_mask, wanted[1], strict=True)]
 
     def differentiable(float_params, float_inputs):
         outputs, new_state = run(

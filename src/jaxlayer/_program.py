@@ -1,4 +1,6 @@
-"""The model as one pure JAX function over flat lists of arrays.
+"""The model as one pure JAX function over flat lists of arrays, and the
+abstract inputs it is traced with (shape inference, the input record a
+portable save exports for).
 
 `Program` binds `call_fn`'s arguments by name, rebuilds the `params` / `state`
 PyTrees from flat leaf lists, checks what a stateful `call_fn` returns, and
@@ -9,7 +11,6 @@ function; only how its inputs and outputs cross into JAX differs.
 from __future__ import annotations
 
 import functools
-import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._batch import symbolic_dims
 from ._signature import FunctionSignature, describe
 from ._variables import TreeLayout, check_leaf, describe_path
 
@@ -132,53 +134,42 @@ class AbstractInput:
         return f"AbstractInput({self.shape}, {self.dtype.name})"
 
 
-def _is_abstract(x: Any) -> bool:
+def is_abstract(x: Any) -> bool:
+    """Whether `x` is an `AbstractInput` (the `is_leaf` of trees holding them)."""
     return isinstance(x, AbstractInput)
 
 
 def _has_unknown_dims(inputs: Any) -> bool:
-    leaves = jax.tree.leaves(inputs, is_leaf=_is_abstract)
-    return any(d is None for leaf in leaves if _is_abstract(leaf) for d in leaf.shape)
+    leaves = jax.tree.leaves(inputs, is_leaf=is_abstract)
+    return any(d is None for leaf in leaves if is_abstract(leaf) for d in leaf.shape)
 
 
-def with_symbolic_dims(inputs: Any) -> Any:
-    # The leading unknown dimension is the batch, shared by all inputs;
-    # other unknown dimensions get their own symbols.
-    names = itertools.count()
-    leaves, treedef = jax.tree.flatten(inputs, is_leaf=_is_abstract)
-    specs = []
-    for leaf in leaves:
-        if not _is_abstract(leaf):
-            specs.append(leaf)
-            continue
-        dims = []
-        for axis, dim in enumerate(leaf.shape):
-            if dim is not None:
-                dims.append(str(dim))
-            elif axis == 0:
-                dims.append("batch")
-            else:
-                dims.append(f"d{next(names)}")
-        specs.append(dims)
-    text_dims = [", ".join(d) for d in specs if isinstance(d, list)]
+def with_symbolic_dims(inputs: Any, open_batch: bool = False) -> Any:
+    """`ShapeDtypeStruct`s for a tree of `AbstractInput`s, with symbolic dims
+    where `_batch`'s rule puts them (the batch, shared; unknown dims, each its own).
+    """
+    leaves, treedef = jax.tree.flatten(inputs, is_leaf=is_abstract)
+    abstract = [leaf for leaf in leaves if is_abstract(leaf)]
+    dims = iter(symbolic_dims([leaf.shape for leaf in abstract], open_batch))
     scope = jax.export.SymbolicScope()
-    shapes = iter(jax.export.symbolic_shape(t, scope=scope) if t else () for t in text_dims)
     out = []
-    for leaf, spec in zip(leaves, specs):
-        if _is_abstract(leaf):
-            out.append(jax.ShapeDtypeStruct(next(shapes), leaf.dtype))
-        else:
-            out.append(spec)
+    for leaf in leaves:
+        if not is_abstract(leaf):
+            out.append(leaf)
+            continue
+        text = ", ".join(next(dims))
+        shape = jax.export.symbolic_shape(text, scope=scope) if text else ()
+        out.append(jax.ShapeDtypeStruct(shape, leaf.dtype))
     return jax.tree.unflatten(treedef, out)
 
 
 def _with_concrete_dims(inputs: Any, size: int) -> Any:
     def concrete(leaf):
-        if not _is_abstract(leaf):
+        if not is_abstract(leaf):
             return leaf
         return jax.ShapeDtypeStruct(tuple(size if d is None else d for d in leaf.shape), leaf.dtype)
 
-    return jax.tree.map(concrete, inputs, is_leaf=_is_abstract)
+    return jax.tree.map(concrete, inputs, is_leaf=is_abstract)
 
 
 def _symbolic_to_none(leaf: jax.ShapeDtypeStruct) -> jax.ShapeDtypeStruct | AbstractInput:
@@ -195,11 +186,11 @@ def placeholders(inputs: Any) -> Any:
     """Concrete `ones` arrays for abstract inputs; unknown dimensions become 1."""
 
     def make(leaf):
-        if not _is_abstract(leaf):
+        if not is_abstract(leaf):
             return leaf
         return jnp.ones(tuple(1 if d is None else d for d in leaf.shape), dtype=leaf.dtype)
 
-    return jax.tree.map(make, inputs, is_leaf=_is_abstract)
+    return jax.tree.map(make, inputs, is_leaf=is_abstract)
 
 
 def is_shape(x: Any) -> bool:
@@ -224,3 +215,34 @@ def shape_tree_from_keras(input_shape: Any) -> Any:
 
 def _is_shape_like(x: Any) -> bool:
     return isinstance(x, (list, tuple)) and all(d is None or isinstance(d, (int, np.integer)) for d in x)
+
+
+def record_inputs(old: Any, inputs: Any, dtype_of: Callable[[Any], Any]) -> Any:
+    """The inputs' structure, shapes and dtypes as a tree of `AbstractInput`,
+    merged with the `old` record: dimensions that differ become unknown (None).
+
+    Returns `old` when `inputs` are not array-like; the latest structure wins
+    when the structure changed.
+    """
+
+    def record(x):
+        shape = tuple(None if d is None else int(d) for d in x.shape)
+        return AbstractInput(shape, jnp.dtype(dtype_of(x)))
+
+    try:
+        new = jax.tree.map(record, inputs)
+    except Exception:  # noqa: BLE001 - not array-like: nothing to export from
+        return old
+    if old is None:
+        return new
+    try:
+        return jax.tree.map(_merge_records, old, new, is_leaf=is_abstract)
+    except ValueError:  # a different structure: the latest wins
+        return new
+
+
+def _merge_records(a: AbstractInput, b: AbstractInput) -> AbstractInput:
+    if len(a.shape) != len(b.shape) or a.dtype != b.dtype:
+        return b
+    shape = tuple(x if x == y else None for x, y in zip(a.shape, b.shape))
+    return AbstractInput(shape, np.dtype(a.dtype))

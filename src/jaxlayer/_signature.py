@@ -1,4 +1,5 @@
-"""Validating `call_fn` / `init_fn` signatures and binding their arguments by name.
+"""Validating `call_fn` / `init_fn` and the layer's arguments, binding the
+functions' arguments by name, and splitting what `init_fn` returns.
 
 The layer never calls the user's functions with keyword arguments: it builds a
 positional argument list in the order of the function's own signature, so
@@ -11,6 +12,10 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from typing import Any
+
+import numpy as np
+
+from ._variables import is_array_leaf
 
 CALL_FN_ARGUMENTS = ("params", "state", "rng", "inputs", "training")
 INIT_FN_ARGUMENTS = ("rng", "inputs", "training")
@@ -100,3 +105,74 @@ class FunctionSignature:
 def describe(fn: Any) -> str:
     """A short human-readable name for a user function."""
     return _describe(fn)
+
+
+def check_layer_arguments(
+    call_fn: Callable, init_fn: Callable | None, params: Any, state: Any, seed: Any
+) -> tuple[FunctionSignature, FunctionSignature | None]:
+    """Checks `JaxLayer`'s model arguments; returns the two signatures.
+
+    Raises before anything is built: unusable functions, a `seed` that is not
+    an int, nothing to initialise `params`/`state` from, or `params`/`state`
+    given to a `call_fn` that cannot take them.
+    """
+    signature = FunctionSignature(call_fn, "call_fn", CALL_FN_ARGUMENTS)
+    init_signature = None
+    if init_fn is not None:
+        init_signature = FunctionSignature(init_fn, "init_fn", INIT_FN_ARGUMENTS)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+        raise TypeError(
+            f"`seed` must be an int or None (it seeds the Keras SeedGenerator "
+            f"that draws the `rng` keys). Received: seed={seed!r} of type "
+            f"{type(seed).__name__}"
+        )
+    takes_variables = signature.takes("params") or signature.takes("state")
+    if init_fn is None and params is None and state is None and takes_variables:
+        raise ValueError(
+            f"`call_fn` ({describe(call_fn)}) takes "
+            f"{'`params`' if signature.takes('params') else '`state`'}, but "
+            f"`init_fn`, `params` and `state` are all None, so the layer has "
+            f"nothing to initialise them from. Pass `init_fn=` (called at "
+            f"build time) or the initial `params=` / `state=`."
+        )
+    for name, value in (("params", params), ("state", state)):
+        if value is not None and not signature.takes(name):
+            raise ValueError(
+                f"`{name}` was given but `call_fn` ({describe(call_fn)}) has no "
+                f"`{name}` argument, so it could never be used. Add a `{name}` "
+                f"argument to `call_fn` or drop `{name}=`."
+            )
+    return signature, init_signature
+
+
+def split_init_result(result: Any, init_fn: Callable | None, call_fn: Callable, takes_state: bool) -> tuple[Any, Any]:
+    """`init_fn`'s result as `(params, state)`, checked against `call_fn`'s arguments."""
+    fn = describe(init_fn)
+    if takes_state:
+        if not isinstance(result, (tuple, list)) or len(result) != 2:
+            raise ValueError(
+                f"`init_fn` ({fn}) must return `(params, state)` because "
+                f"`call_fn` ({describe(call_fn)}) takes a `state` argument; "
+                f"it returned a {type(result).__name__}. Return the initial "
+                f"state too (use `hk.transform_with_state` for Haiku models), or "
+                f"remove `state` from `call_fn`."
+            )
+        return result[0], result[1]
+    if _looks_like_params_and_state(result):
+        raise ValueError(
+            f"`init_fn` ({fn}) returned a pair of containers, which looks like "
+            f"`(params, state)`, but `call_fn` ({describe(call_fn)}) has "
+            f"no `state` argument. Add `state` to `call_fn` (returning "
+            f"`(outputs, new_state)`), or return the params alone."
+        )
+    return result, None
+
+
+def _looks_like_params_and_state(result: Any) -> bool:
+    # `(params, state)` as Haiku/Flax return them: a pair of containers.
+    return (
+        isinstance(result, tuple)
+        and len(result) == 2
+        and all(isinstance(part, (dict, list)) or part is None for part in result)
+        and not any(is_array_leaf(part) for part in result)
+    )

@@ -1,5 +1,6 @@
 """PyTree <-> Keras variables: which leaves are arrays, their readable names,
-their dtypes, and structure / shape / dtype checks for trees coming back in.
+their dtypes, and structure / shape / dtype checks for trees coming back in
+(`set_params` / `set_state`, a stateful `call_fn`'s new state).
 
 A `TreeLayout` remembers one PyTree (the model's `params` or `state`): its tree
 definition, which leaves are arrays (held as Keras variables) and which are
@@ -15,7 +16,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import keras
 import numpy as np
+
+from ._dtypes import canonical_dtype
 
 # Leaves of these kinds are configuration, never variables.
 _STATIC_SCALARS = (complex, str, bytes)
@@ -55,7 +59,8 @@ def is_array_leaf(leaf: Any) -> bool:
     return kind in "biufc" or jax.numpy.issubdtype(np.dtype(dtype), jax.numpy.floating)
 
 
-def _key_text(key: Any) -> str:
+def key_text(key: Any) -> str:
+    """A PyTree path entry as text: a dict key, an attribute name or an index."""
     for attribute in ("key", "name", "idx"):
         if hasattr(key, attribute):
             return str(getattr(key, attribute))
@@ -72,7 +77,7 @@ def path_name(path: Sequence[Any], root: str) -> str:
     scope name (optimizers on that backend name slots after variables)
     becomes `_`.
     """
-    parts = [_key_text(k) for k in path]
+    parts = [key_text(k) for k in path]
     if not parts:
         return root
     text = ".".join(part if part else "_" for part in parts)
@@ -207,3 +212,42 @@ def check_leaf(
             f"{what}: the leaf {where} has dtype {np.dtype(dtype).name}, expected "
             f"{np.dtype(expected_dtype).name}. {fix}"
         )
+
+
+def assign_tree(layer_name: str, built: bool, tree: Any, layout: TreeLayout, variables: list, method: str) -> None:
+    """`set_params` / `set_state`: checks every leaf of `tree`, then assigns them all.
+
+    Nothing is assigned unless the structure, the static leaves and every
+    array's shape and dtype match `layout` and `variables`.
+    """
+    if not built:
+        raise ValueError(
+            f"`{method}` was called on JaxLayer `{layer_name}` before it was "
+            f"built. Call the layer once (or `layer.build(input_shape)`) first."
+        )
+    fix = f"Pass a tree shaped like `layer.get_{layout.root}()`. Nothing was changed."
+    what = f"The tree passed to `{method}`"
+    arrays = layout.match(tree, what, fix)
+    # A Python number where the variable is a scalar takes its dtype.
+    arrays = [
+        np.asarray(leaf, dtype=canonical_dtype(v.dtype)) if is_python_number(leaf) else leaf
+        for leaf, v in zip(arrays, variables)
+    ]
+    for path, leaf, variable in zip(layout.array_paths, arrays, variables):
+        if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
+            raise ValueError(
+                f"`{method}` received a tree that has a {type(leaf).__name__} at "
+                f"`{layout.root}{jax.tree_util.keystr(tuple(path))}`, expected an array. {fix}"
+            )
+        check_leaf(
+            path,
+            layout.root,
+            leaf.shape,
+            keras.backend.standardize_dtype(leaf.dtype),
+            variable.shape,
+            keras.backend.standardize_dtype(variable.dtype),
+            what,
+            fix,
+        )
+    for leaf, variable in zip(arrays, variables):
+        variable.assign(leaf)

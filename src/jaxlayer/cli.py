@@ -220,7 +220,7 @@ def _demo_in_child(args: argparse.Namespace, active: str) -> int:
 def _inspect(path: str) -> int:
     import zipfile
 
-    from jaxlayer._inspect import describe_file, format_description
+    from jaxlayer._describe_file import describe_file, format_description
 
     try:
         description = describe_file(path)

@@ -2,7 +2,7 @@
 
 Run by `tests/test_multiprocess.py` twice per scenario list: as 2 processes
 (each with 2 virtual CPU devices, started by
-`jaxlayer._local_processes.run_local_processes`, which sets the
+`jaxlayer.demo._local_processes.run_local_processes`, which sets the
 `KERAS_DISTRIBUTION_*` variables that `keras.distribution.initialize()`
 reads) and as 1 process holding 4 devices. Both see the same global batches:
 the multi-process run feeds each process its own slice of every global batch

@@ -15,6 +15,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from .._rng import seed_words
+
 
 class Bridge:
     """Base class: the methods a backend bridge provides."""
@@ -36,7 +38,7 @@ class Bridge:
 
     def seed_to_key(self, seed: Any) -> jax.Array:
         """A Keras seed tensor (shape [2]) as a raw uint32 JAX PRNG key, eagerly."""
-        return jax.numpy.asarray(np.asarray(seed).astype(np.uint32))
+        return jax.numpy.asarray(seed_words(seed))
 
     def adopt_variable(self, variable: Any) -> None:
         """Adapts a Keras variable the layer just created to the backend."""

@@ -25,8 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._float_vjp import float_vjp, is_float, merge
-from .._keras_export import keras_export_format
+from .._dtypes import is_float
+from .._float_vjp import float_vjp, merge
+from .._keras_internals import keras_export_format
+from .._rng import seed_words
 from .base import Bridge
 
 
@@ -150,10 +152,7 @@ class TensorflowBridge(Bridge):
         return np.asarray(array)
 
     def seed_to_key(self, seed: Any) -> jax.Array:
-        seed = _numpy_value(seed)
-        if seed.dtype == np.int32:
-            return jax.numpy.asarray(seed.view(np.uint32))
-        return jax.numpy.asarray((seed.astype(np.int64) & 0xFFFFFFFF).astype(np.uint32))
+        return jax.numpy.asarray(seed_words(_numpy_value(seed)))
 
     # ------------------------------------------------------------------ build
 
@@ -310,7 +309,7 @@ def _check_gradient_traces(program: Any, params: Any, state: Any, rng: Any, inpu
     def backward(params, state, rng, inputs):
         def forward(params, inputs):
             outputs, _ = program(params, state, rng, inputs, True)
-            return [o for o in jax.tree.leaves(outputs) if jnp.issubdtype(o.dtype, jnp.inexact)]
+            return [o for o in jax.tree.leaves(outputs) if is_float(o.dtype)]
 
         outputs, vjp = jax.vjp(forward, params, inputs)
         return vjp([jnp.ones_like(o) for o in outputs])

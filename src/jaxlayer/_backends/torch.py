@@ -33,12 +33,11 @@ import numpy as np
 import torch
 import torch.utils.dlpack
 
-from .._keras_export import keras_export_format
+from .._dtypes import is_float
+from .._float_vjp import float_vjp
+from .._keras_internals import keras_export_format, torch_default_device
+from .._rng import seed_words
 from .base import Bridge
-
-
-def _is_float_dtype(dtype: Any) -> bool:
-    return jnp.issubdtype(dtype, jnp.floating)
 
 
 def _tensor_to_jax(tensor: torch.Tensor) -> jax.Array:
@@ -193,9 +192,8 @@ def _seed_to_key(seed: Any) -> Any:
         return None
     if isinstance(seed, torch.Tensor):
         seed = seed.detach().cpu().numpy()
-    # Keras stores torch seeds as int32 (torch has no uint32); the bits are
-    # the uint32 key words, so reinterpret rather than clip.
-    return jnp.asarray(np.asarray(seed).astype(np.int64).astype(np.uint32))
+    # Keras stores torch seeds as int32 (torch has no uint32).
+    return jnp.asarray(seed_words(seed))
 
 
 _SIGNED_TORCH = {2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -262,34 +260,38 @@ def _is_unsigned_in_signed_storage(dtype: Any, tensor: Any) -> bool:
 
 
 def _vjp_forward(program, training, flat, rng, *, mask, layout):
-    """Outputs, new state and the pullback for the leaves where `mask` is set."""
+    """Outputs, new state and the pullback for the leaves where `mask` is set.
+
+    `mask` marks float params and inputs only (see `_float_vjp`); the
+    pullback maps the float outputs' cotangents to one gradient per marked leaf.
+    """
     num_params, num_state, inputs_treedef = layout
-    diff_positions = [i for i, needs_grad in enumerate(mask) if needs_grad]
+    state_end = num_params + num_state
+    output_treedef = []
 
-    def differentiable(diff_leaves):
-        leaves = list(flat)
-        for position, leaf in zip(diff_positions, diff_leaves):
-            leaves[position] = leaf
-        params = leaves[:num_params]
-        state = leaves[num_params : num_params + num_state]
-        inputs = jax.tree.unflatten(inputs_treedef, leaves[num_params + num_state :])
+    def run(params, state, rng, input_leaves):
+        inputs = jax.tree.unflatten(inputs_treedef, input_leaves)
         outputs, new_state = program(params, state, rng, inputs, training)
-        # Only floating outputs carry gradients; None drops the others from
-        # the pullback's cotangent structure.
-        float_outputs = [
-            leaf if _is_float_dtype(leaf.dtype) else None for leaf in jax.tree.leaves(outputs)
-        ]
-        return float_outputs, (outputs, new_state)
+        leaves, treedef = jax.tree.flatten(outputs)
+        output_treedef.append(treedef)
+        return leaves, new_state
 
-    diff_leaves = [flat[i] for i in diff_positions]
-    _, pullback, (outputs, new_state) = jax.vjp(differentiable, diff_leaves, has_aux=True)
-    return outputs, new_state, pullback
+    vjp = float_vjp(
+        run,
+        flat[:num_params],
+        flat[num_params:state_end],
+        rng,
+        flat[state_end:],
+        wanted=(mask[:num_params], mask[state_end:]),
+    )
+    outputs = jax.tree.unflatten(output_treedef[-1], vjp.output_leaves)
+    return outputs, vjp.new_state, vjp.pullback
 
 
 @jax.jit
 def _vjp_backward(pullback, cotangents):
-    (grads,) = pullback(cotangents)
-    return grads
+    param_grads, input_grads = pullback(cotangents)
+    return list(param_grads) + list(input_grads)
 
 
 _forward_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -343,19 +345,20 @@ class _JaxFunction(torch.autograd.Function):
             num_params, num_state, _ = call.layout
             state_end = num_params + num_state
             flat[num_params:state_end] = call.unsigned.decode(flat[num_params:state_end])
+        # What is differentiated: where torch asks, and float (`_dtypes`).
+        mask = tuple(m and is_float(leaf.dtype) for m, leaf in zip(call.mask, flat))
         forward = _compiled_forward(call.program, call.training)
-        result = forward(flat, call.rng, mask=call.mask, layout=call.layout)
+        result = forward(flat, call.rng, mask=mask, layout=call.layout)
         jax.block_until_ready(result)  # the inputs have been read once this returns
         outputs, new_state, pullback = _unalias(result, _buffer_pointers(flat))
         output_leaves, treedef = jax.tree.flatten(outputs)
         tensors_out = [_jax_to_tensor(leaf) for leaf in output_leaves]
-        is_float = [_is_float_dtype(leaf.dtype) for leaf in output_leaves]
-        float_tensors = [t for t, f in zip(tensors_out, is_float) if f]
-        call.outputs = (treedef, tensors_out, is_float)
+        float_flags = [is_float(leaf.dtype) for leaf in output_leaves]
+        float_tensors = [t for t, f in zip(tensors_out, float_flags) if f]
+        call.outputs = (treedef, tensors_out, float_flags)
         call.new_state = call.unsigned.to_storage(new_state)
         ctx.pullback = pullback  # kept (not freed) so that retain_graph works
-        ctx.mask = call.mask
-        ctx.is_float = is_float
+        ctx.mask = mask
         # Outputs are zero-copy views of JAX buffers: let torch's version
         # counter flag an in-place change made before backward.
         ctx.save_for_backward(*float_tensors)
@@ -366,9 +369,7 @@ class _JaxFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, *grad_outputs):
         ctx.saved_tensors  # noqa: B018 - raises if an output was modified in place
-        grad_iter = iter(grad_outputs)
-        # Non-float outputs keep their None slot in the pullback's structure.
-        cotangents = [_tensor_to_jax(next(grad_iter)) if f else None for f in ctx.is_float]
+        cotangents = [_tensor_to_jax(g) for g in grad_outputs]  # the float outputs'
         grads = jax.block_until_ready(_vjp_backward(ctx.pullback, cotangents))
         grads = iter(_jax_to_tensor(g) for g in grads)
         return (None,) + tuple(next(grads) if needs else None for needs in ctx.mask)
@@ -382,9 +383,7 @@ def _variables_device(params, state) -> torch.device:
     for value in (*params, *state):
         if isinstance(value, torch.Tensor):
             return value.device
-    from keras.src.backend.torch.core import get_device
-
-    return torch.device(get_device())
+    return torch.device(torch_default_device())
 
 
 def _check_not_traced_by_torch() -> None:
@@ -483,8 +482,8 @@ class TorchBridge(Bridge):
         call = _Call(program, training, keys, mask, layout, unsigned)
         float_tensors = iter(_JaxFunction.apply(call, *tensors))
         assert call.outputs is not None, "set by _JaxFunction.forward"
-        treedef, tensors_out, is_float = call.outputs
-        leaves = [next(float_tensors) if f else t for t, f in zip(tensors_out, is_float)]
+        treedef, tensors_out, float_flags = call.outputs
+        leaves = [next(float_tensors) if f else t for t, f in zip(tensors_out, float_flags)]
         return jax.tree.unflatten(treedef, leaves), call.new_state
 
     def _run_without_grad(self, program, params, state, keys, inputs, training, unsigned):

@@ -14,8 +14,8 @@ import jax
 import keras
 import numpy as np
 
+from .._config_codec import NotRegisteredError
 from .._layer import JaxLayer
-from .._saving import NotRegisteredError
 
 _FRAMEWORK_NAMES = {"flax": "Flax", "haiku": "Haiku (dm-haiku)", "equinox": "Equinox"}
 

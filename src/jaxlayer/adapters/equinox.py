@@ -30,9 +30,10 @@ def _takes_key(model: Any) -> bool:
 class EquinoxLayer(AdapterLayer):
     """A Keras layer wrapping an Equinox model (`eqx.Module`).
 
-    Inexact (floating/complex) array leaves of the model are trainable Keras
-    variables named after their attribute paths (`layers.0.weight`); every
-    other leaf (activation functions, integer arrays, sizes) is static and
+    Inexact array leaves of the model become Keras variables named after
+    their attribute paths (`layers.0.weight`): real floating ones trainable,
+    complex ones non-trainable (jaxlayer differentiates real floats only,
+    on every backend); every other leaf (activation functions, integer arrays, sizes) is static and
     stays in the model. For stateful models pass the `eqx.nn.State` from
     `eqx.nn.make_with_state`: its entries become non-trainable state named
     after the layer that owns them (`bn.state_index.0`), and the model is
@@ -171,6 +172,32 @@ class EquinoxLayer(AdapterLayer):
         if self.eqx_state is None:
             return None
         return self._to_eqx_state(self.get_state())
+
+    def _checkpoint_template(self) -> Any:
+        # What `eqx.tree_serialise_leaves` writes: the model, with its state.
+        model = self.get_model()
+        return model if self.eqx_state is None else (model, self.get_eqx_state())
+
+    def _checkpoint_source(self, source: Any) -> Any:
+        # A module (or `(model, state)`) as the layer names it: the inexact
+        # arrays by attribute path, the state by the layer owning it.
+        eqx = self._eqx
+        state = None
+        if isinstance(source, tuple) and len(source) == 2 and isinstance(source[1], eqx.nn.State):
+            source, state = source
+        if not isinstance(source, eqx.Module):
+            return source
+        params, _ = eqx.partition(source, eqx.is_inexact_array)
+        if state is None:
+            return params
+        try:
+            return [params, {name: state.get(index) for name, index in self._state_indices}]
+        except Exception as error:
+            raise ValueError(
+                f"`load_checkpoint`: the `eqx.nn.State` passed does not belong to this layer's "
+                f"model ({error}). Pass the state's arrays as a dict named like "
+                f"`[v.name for v in layer.non_trainable_weights]`."
+            ) from error
 
     def count_framework_params(self) -> int:
         """The number of inexact array values in the model."""

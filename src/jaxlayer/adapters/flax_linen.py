@@ -12,8 +12,9 @@ import jax
 import keras
 import numpy as np
 
+from .._checkpoint import deep_merge
+from .._config_codec import deserialize_function, serialize_function
 from .._layer import JaxLayer
-from .._saving import deserialize_function, serialize_function
 from ._common import (
     AdapterLayer,
     deserialize_model_object,
@@ -95,29 +96,8 @@ class FlaxLayer(AdapterLayer):
         linen = import_framework("flax.linen", "FlaxLayer", "flax")
         if not isinstance(module, linen.Module):
             raise wrong_object_error("FlaxLayer", "module", "a `flax.linen.Module`", module)
-        if isinstance(method, str) and not callable(getattr(module, method, None)):
-            raise ValueError(
-                f"`FlaxLayer`: the module `{type(module).__name__}` has no method "
-                f"`{method}`. Pass the name of one of its methods, a method, or a "
-                f"function taking the module first. Received: method={method!r}"
-            )
-        target = getattr(module, method) if isinstance(method, str) else method
-        if target is not None and not callable(target):
-            raise TypeError(
-                f"`FlaxLayer` expects `method` to be None, a method name or a "
-                f"callable. Received: method={method!r}"
-            )
-        for argument, streams in (
-            ("rng_streams", rng_streams),
-            ("inference_rng_streams", inference_rng_streams),
-        ):
-            if streams is not None and (
-                isinstance(streams, str) or not all(isinstance(s, str) for s in streams)
-            ):
-                raise TypeError(
-                    f"`FlaxLayer` expects `{argument}` to be a list of stream names "
-                    f'such as ["dropout", "noise"]. Received: {argument}={streams!r}'
-                )
+        target = _method_target(module, method)
+        _check_stream_names(rng_streams, inference_rng_streams)
         takes_training = "training" in inspect.signature(target or module.__call__).parameters
         # Plain attributes: Keras would wrap lists into tracked containers.
         object.__setattr__(self, "module", module)
@@ -196,10 +176,22 @@ class FlaxLayer(AdapterLayer):
         # Streams other than these fall back to "params" in `init`.
         return {"params": self._get_init_seed(), "dropout": self._get_init_seed()}
 
+    # ---------------------------------------------------------- checkpoints
+
+    def _checkpoint_tree(self, keep_global: bool) -> Any:
+        # Flax's own `variables` dict: {"params": ..., "batch_stats": ...}.
+        params, state = self._checkpoint_parts(keep_global)
+        return deep_merge(params, state)
+
     # --------------------------------------------------------------- config
 
     def _variables_spec(self) -> dict:
         return JaxLayer._variables_spec(self)
+
+    @classmethod
+    def _with_saved_variables(cls, config: dict, params: Any, state: Any) -> dict:
+        # The saved layout is Flax's `variables` dict, split in two.
+        return dict(config, variables=deep_merge(params or {}, state or {}))
 
     def _adapter_config(self) -> dict:
         method = self.method
@@ -243,3 +235,34 @@ def _unfreeze(variables: Any) -> Any:
     from flax.core import unfreeze
 
     return unfreeze(variables)
+
+
+def _method_target(module: Any, method: Any) -> Any:
+    """The callable `method` names (None: the module's `__call__`), checked."""
+    if isinstance(method, str) and not callable(getattr(module, method, None)):
+        raise ValueError(
+            f"`FlaxLayer`: the module `{type(module).__name__}` has no method "
+            f"`{method}`. Pass the name of one of its methods, a method, or a "
+            f"function taking the module first. Received: method={method!r}"
+        )
+    target = getattr(module, method) if isinstance(method, str) else method
+    if target is not None and not callable(target):
+        raise TypeError(
+            f"`FlaxLayer` expects `method` to be None, a method name or a "
+            f"callable. Received: method={method!r}"
+        )
+    return target
+
+
+def _check_stream_names(rng_streams: Any, inference_rng_streams: Any) -> None:
+    for argument, streams in (
+        ("rng_streams", rng_streams),
+        ("inference_rng_streams", inference_rng_streams),
+    ):
+        if streams is not None and (
+            isinstance(streams, str) or not all(isinstance(s, str) for s in streams)
+        ):
+            raise TypeError(
+                f"`FlaxLayer` expects `{argument}` to be a list of stream names "
+                f'such as ["dropout", "noise"]. Received: {argument}={streams!r}'
+            )

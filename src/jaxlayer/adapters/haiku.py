@@ -7,7 +7,8 @@ from typing import Any
 
 import keras
 
-from .._saving import NotRegisteredError, deserialize_function
+from .._config_codec import NotRegisteredError, deserialize_function
+from .._layer import JaxLayer
 from ._common import (
     AdapterLayer,
     import_framework,
@@ -88,32 +89,7 @@ class HaikuLayer(AdapterLayer):
         object.__setattr__(self, "_with_state", with_state)
         object.__setattr__(self, "_apply_rng", apply_rng)
 
-        def flag_kwargs(training):
-            return {flag: training} if flag else {}
-
-        def init_fn(rng, inputs):
-            return transformed.init(rng, inputs, **flag_kwargs(True))
-
-        apply = transformed.apply
-        # `call_fn` takes exactly what the transform needs (arguments are
-        # bound by name): `state` only with state, `rng` only with an rng.
-        def call_with_state_and_rng(params, state, rng, inputs, training):
-            return apply(params, state, rng, inputs, **flag_kwargs(training))
-
-        def call_with_state(params, state, inputs, training):
-            return apply(params, state, inputs, **flag_kwargs(training))
-
-        def call_with_rng(params, rng, inputs, training):
-            return apply(params, rng, inputs, **flag_kwargs(training))
-
-        def call_stateless(params, inputs, training):
-            return apply(params, inputs, **flag_kwargs(training))
-
-        if with_state:
-            call_fn = call_with_state_and_rng if apply_rng else call_with_state
-        else:
-            call_fn = call_with_rng if apply_rng else call_stateless
-
+        call_fn, init_fn = _model_functions(transformed, flag, with_state, apply_rng)
         if params is None and state is not None:
             raise ValueError("`HaikuLayer` got `state=` without `params=`; pass both.")
         if params is not None and with_state and state is None:
@@ -179,8 +155,6 @@ class HaikuLayer(AdapterLayer):
     # ------------------------------------------------------------- config
 
     def _variables_spec(self) -> dict:
-        from .._layer import JaxLayer
-
         return JaxLayer._variables_spec(self)
 
     def _adapter_config(self) -> dict:
@@ -216,3 +190,34 @@ class HaikuLayer(AdapterLayer):
             stateless = hk.transform(function)
             config["transformed"] = stateless if apply_rng else hk.without_apply_rng(stateless)
         return config
+
+
+def _model_functions(transformed: Any, flag: str | None, with_state: bool, apply_rng: bool):
+    """`call_fn` and `init_fn` for a transform.
+
+    `call_fn` takes exactly what the transform needs (arguments are bound by
+    name): `state` only with state, `rng` only with an rng.
+    """
+    apply = transformed.apply
+
+    def flag_kwargs(training):
+        return {flag: training} if flag else {}
+
+    def init_fn(rng, inputs):
+        return transformed.init(rng, inputs, **flag_kwargs(True))
+
+    def call_with_state_and_rng(params, state, rng, inputs, training):
+        return apply(params, state, rng, inputs, **flag_kwargs(training))
+
+    def call_with_state(params, state, inputs, training):
+        return apply(params, state, inputs, **flag_kwargs(training))
+
+    def call_with_rng(params, rng, inputs, training):
+        return apply(params, rng, inputs, **flag_kwargs(training))
+
+    def call_stateless(params, inputs, training):
+        return apply(params, inputs, **flag_kwargs(training))
+
+    if with_state:
+        return (call_with_state_and_rng if apply_rng else call_with_state), init_fn
+    return (call_with_rng if apply_rng else call_stateless), init_fn

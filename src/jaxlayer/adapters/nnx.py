@@ -9,6 +9,7 @@ import jax
 import keras
 import numpy as np
 
+from .._checkpoint import deep_merge
 from ._common import (
     AdapterLayer,
     deserialize_model_object,
@@ -167,6 +168,21 @@ class NnxLayer(AdapterLayer):
             self._nnx.replace_by_pure_dict(state, values)
             states.append(state)
         return self._nnx.merge(self._graphdef, *states)
+
+    def _checkpoint_tree(self, keep_global: bool) -> Any:
+        # The module's whole state as a pure dict (`nnx.State.to_pure_dict`),
+        # RNG keys as their key data.
+        params, state = self._checkpoint_parts(keep_global)
+        return deep_merge(params, state)
+
+    def _checkpoint_source(self, source: Any) -> Any:
+        # A module or an `nnx.State` (typed RNG keys included) as the layer stores it.
+        nnx = self._nnx
+        if isinstance(source, nnx.Module):
+            source = nnx.state(source)
+        if isinstance(source, nnx.State):
+            source = self._to_storage(source.to_pure_dict())
+        return source
 
     def count_framework_params(self) -> int:
         """The number of `nnx.Param` values, as the framework counts them."""

@@ -1,7 +1,7 @@
 """`jaxlayer demo --processes N`: the demo trained data-parallel over N local processes.
 
 The parent starts N copies of the demo command as one `jax.distributed` job
-on 127.0.0.1 (see `jaxlayer._local_processes`) and streams process 0's
+on 127.0.0.1 (see `jaxlayer.demo._local_processes`) and streams process 0's
 output. Each copy calls `keras.distribution.initialize()`, trains under
 `DataParallel` over the N processes' CPU devices, and feeds only its own
 shard of the data: every global batch holds `batch_size / N` examples from
@@ -27,7 +27,7 @@ def process_index() -> int | None:
 
 def launch(command: list[str], processes: int) -> int:
     """Runs `command` as `processes` local processes; returns 0 when all pass."""
-    from jaxlayer._local_processes import run_local_processes
+    from jaxlayer.demo._local_processes import run_local_processes
 
     results = run_local_processes(
         command, processes, devices_per_process=1, timeout=TIMEOUT_SECONDS, echo_first=True

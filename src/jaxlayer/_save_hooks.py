@@ -1,4 +1,4 @@
-"""How a JaxLayer saves itself: by reference to registered code, or portably.
+"""The Keras saving hooks of a JaxLayer: by reference to registered code, or portably.
 
 `LayerSaving` is mixed into `JaxLayer` and holds the Keras saving hooks
 (`get_config`, `from_config`, `save_assets`, `load_assets`, the build
@@ -11,7 +11,9 @@ config). A layer is saved in one of two forms, chosen by `save_as`:
   keras and jax, and gives a `PortableLayer`.
 
 "auto" (the default) saves the source form when the code is registered, the
-portable form otherwise.
+portable form otherwise; `_save_form` is the one place that decides.
+`_config_codec` encodes the trees and functions; `_portable_programs` holds
+the exported programs.
 """
 
 from __future__ import annotations
@@ -22,9 +24,16 @@ from typing import TYPE_CHECKING, Any
 
 import jax
 import keras
-import numpy as np
 
-from ._saving import NotRegisteredError, UnencodableTree, encode_tree
+from ._config_codec import (
+    NotRegisteredError,
+    UnencodableTree,
+    decode_tree,
+    deserialize_function,
+    encode_tree,
+    serialize_function,
+)
+from ._portable_programs import ExportedModel, asset_files, export_program
 
 if TYPE_CHECKING:
     from ._program import Program
@@ -82,25 +91,33 @@ class LayerSaving(_MixinBase):
     def get_config(self) -> dict:
         config = keras.layers.Layer.get_config(self)
         config["seed"] = self._seed
-        if self.save_as != "portable":
-            try:
-                source = self._source_config()
-            except NotRegisteredError:
-                if self.save_as == "source":
-                    raise
-            else:
-                config.update(source)
-                if self.save_as != "auto":
-                    config["save_as"] = self.save_as
-                return config
-        config.update(self._portable_config())
+        form, source = self._save_form()
+        if source is not None:
+            config.update(source)
+            if self.save_as != "auto":
+                config["save_as"] = self.save_as
+        else:
+            config.update(self._portable_config())
         return config
+
+    def _save_form(self) -> tuple[str, dict | None]:
+        """`("source", source_config)` or `("portable", None)`, as `save_as` says.
+
+        "auto" takes the source form when `_source_config` can describe the
+        layer (its code is registered), the portable form otherwise.
+        """
+        if self.save_as == "portable":
+            return "portable", None
+        try:
+            return "source", self._source_config()
+        except NotRegisteredError:
+            if self.save_as == "source":
+                raise
+            return "portable", None
 
     def _source_config(self) -> dict:
         """What the source form stores besides the base config; raises
         NotRegisteredError when the code is not registered."""
-        from ._saving import serialize_function
-
         config = {
             "call_fn": serialize_function(self.call_fn, "call_fn", self.name),
             "init_fn": serialize_function(self.init_fn, "init_fn", self.name),
@@ -130,7 +147,7 @@ class LayerSaving(_MixinBase):
             return {}
 
     def _portable_config(self) -> dict:
-        model = self.exported_model()
+        model = self._exported_model()
         return {
             "portable": model.metadata,
             "params_spec": encode_tree(
@@ -141,14 +158,12 @@ class LayerSaving(_MixinBase):
             ),
         }
 
-    def exported_model(self) -> Any:
-        """The layer's model as `jax.export` programs (an `ExportedModel`).
+    def _exported_model(self) -> ExportedModel:
+        """The layer's model as `jax.export` programs.
 
         Exported once per program and input signature, and reused by every
         later save.
         """
-        from ._export import export_program
-
         if not self.built or self._input_record is None:
             raise ValueError(
                 f"Cannot save JaxLayer `{self.name}` portably before it has been "
@@ -171,22 +186,33 @@ class LayerSaving(_MixinBase):
             self._signature.names,
             self.name,
         )
-        model.metadata["class_name"] = _original_class_name(self)
+        # The class a portable load stands in for (`portable_class`).
+        model.metadata["class_name"] = type(self).__name__
         self._set_untracked("_export_cache", (key, model))
         return model
 
     @classmethod
     def from_config(cls, config: dict) -> Any:
         if "portable" in config:
-            from ._portable import PortableLayer
+            # Registered by `_portable_layer`, which `import jaxlayer` imports.
+            portable = keras.saving.get_registered_object("jaxlayer>PortableLayer")
+            if portable is None:  # pragma: no cover - `import jaxlayer` registers it
+                raise ValueError("`jaxlayer.PortableLayer` is not registered: `import jaxlayer` first.")
+            return portable.from_config(config)
+        config = dict(config)
+        params_spec, state_spec = config.pop("params_spec", None), config.pop("state_spec", None)
+        if params_spec is not None or state_spec is not None:
+            config = cls._with_saved_variables(config, decode_tree(params_spec), decode_tree(state_spec))
+        return cls._from_source_config(config)
 
-            return PortableLayer.from_config(config)
-        return cls._from_source_config(dict(config))
+    @classmethod
+    def _with_saved_variables(cls, config: dict, params: Any, state: Any) -> dict:
+        """The constructor arguments that create the variables of the saved layout
+        (zeros: Keras loads the saved values into them)."""
+        return dict(config, params=params, state=state)
 
     @classmethod
     def _from_source_config(cls, config: dict) -> Any:
-        from ._saving import deserialize_function
-
         config["call_fn"] = deserialize_function(config["call_fn"])
         config["init_fn"] = deserialize_function(config.get("init_fn"))
         return cls(**config)
@@ -195,25 +221,14 @@ class LayerSaving(_MixinBase):
 
     def save_assets(self, dir_path: str) -> None:
         """Writes the exported programs of a portable save (Keras calls this)."""
-        if not self._saves_portable():
+        if self._save_form()[0] != "portable":
             return
-        from ._export import asset_files
-
-        for name, blob in asset_files(self.exported_model()).items():
+        for name, blob in asset_files(self._exported_model()).items():
             with open(os.path.join(dir_path, name), "wb") as file:
                 file.write(blob)
 
     def load_assets(self, dir_path: str) -> None:
         """Nothing to read for the source form (`PortableLayer` reads its programs)."""
-
-    def _saves_portable(self) -> bool:
-        if self.save_as != "auto":
-            return self.save_as == "portable"
-        try:
-            self._source_config()
-        except NotRegisteredError:
-            return True
-        return False
 
     # ----------------------------------------------------------- build config
 
@@ -231,54 +246,3 @@ class LayerSaving(_MixinBase):
             keras.layers.Layer.build_from_config(self, config)
         finally:
             self._set_untracked("_pending_input_dtypes", None)
-
-    # ------------------------------------------------------------ input record
-
-    def _record_inputs(self, inputs: Any, dtype_of: Any = None) -> None:
-        """Remembers the inputs' structure, dtypes and shapes for export.
-
-        Dimensions that differ between recorded calls become unknown (None).
-        """
-        from ._program import AbstractInput
-
-        def record(x):
-            shape = tuple(None if d is None else int(d) for d in x.shape)
-            dtype = dtype_of(x) if dtype_of else keras.backend.standardize_dtype(x.dtype)
-            return AbstractInput(shape, jax.numpy.dtype(dtype))
-
-        try:
-            new = jax.tree.map(record, inputs)
-        except Exception:  # noqa: BLE001 - not array-like: nothing to export from
-            return
-        old = self._input_record
-        if old is not None:
-            try:
-                new = jax.tree.map(_merge_records, old, new, is_leaf=_is_record)
-            except ValueError:  # a different structure: the latest wins
-                pass
-        self._set_untracked("_input_record", new)
-
-
-def _original_class_name(layer: Any) -> str:
-    from ._portable import PortableLayer
-
-    for cls in type(layer).__mro__:
-        if cls is not PortableLayer and issubclass(cls, PortableLayer):
-            continue
-        return cls.__name__
-    return type(layer).__name__
-
-
-def _is_record(x: Any) -> bool:
-    from ._program import AbstractInput
-
-    return isinstance(x, AbstractInput)
-
-
-def _merge_records(a: Any, b: Any) -> Any:
-    from ._program import AbstractInput
-
-    if len(a.shape) != len(b.shape) or a.dtype != b.dtype:
-        return b
-    shape = tuple(x if x == y else None for x, y in zip(a.shape, b.shape))
-    return AbstractInput(shape, np.dtype(a.dtype))

@@ -1,4 +1,4 @@
-"""What the layer writes into its Keras config.
+"""The codec of the layer's Keras config (what `get_config` writes, `from_config` reads).
 
 Two things: the user's functions by registered name (checked at save time so
 a bad save never produces a file that cannot load), and the layout of
@@ -17,7 +17,7 @@ import keras
 import numpy as np
 
 from ._signature import describe
-from ._variables import is_array_leaf
+from ._variables import is_array_leaf, key_text
 
 
 class NotRegisteredError(ValueError):
@@ -96,15 +96,8 @@ def _encode_custom_node(node: Any, encode: Callable) -> Any:
     children = []
     for path, child in children_with_keys:
         (key,) = path
-        children.append([_key_text(key), encode(child)])
+        children.append([key_text(key), encode(child)])
     return {"node": {"type": type(node).__qualname__, "children": children}}
-
-
-def _key_text(key: Any) -> str:
-    for attribute in ("name", "key", "idx"):
-        if hasattr(key, attribute):
-            return str(getattr(key, attribute))
-    return str(key)
 
 
 @jax.tree_util.register_pytree_with_keys_class

@@ -14,8 +14,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from ._config_codec import decode_tree
 from ._program import AbstractInput
-from ._saving import decode_tree
 from ._variables import path_name
 
 
@@ -160,4 +160,10 @@ def format_description(description: dict) -> str:
             for row in rows:
                 dims = ", ".join(str(d) for d in row["shape"])
                 lines.append(f"    {row['path']:<{width}}  {row['dtype']}[{dims}]")
+    if description["layers"]:
+        lines.append("")
+        lines.append(
+            "load it with `import jaxlayer` first, then `keras.models.load_model(path)`: "
+            "without the import Keras cannot locate the layer classes"
+        )
     return "\n".join(lines)

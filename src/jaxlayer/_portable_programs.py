@@ -30,10 +30,11 @@ from typing import Any
 
 import jax
 
-from ._float_vjp import float_vjp, is_float, merge
-from ._keras_export import keras_export_format
-from ._program import AbstractInput, with_symbolic_dims
-from ._saving import decode_tree, encode_tree
+from ._config_codec import decode_tree, encode_tree
+from ._dtypes import is_float
+from ._float_vjp import float_vjp, merge
+from ._keras_internals import keras_export_format
+from ._program import AbstractInput, is_abstract, with_symbolic_dims
 from ._variables import TreeLayout, is_array_leaf
 
 #: Version of the portable layout inside `.keras` files (config + assets).
@@ -72,26 +73,9 @@ def _decode_abstract(record: Any) -> Any:
     return decode_tree(record, make_array=lambda shape, dtype: AbstractInput(shape, dtype))
 
 
-def _is_abstract(x: Any) -> bool:
-    return isinstance(x, AbstractInput)
-
-
 def batched_input_specs(inputs: Any) -> Any:
-    """Input avals for export: a shared symbolic batch, symbolic unknown dims.
-
-    The leading dimension of every input whose first dimension is unknown or
-    equals the first input's is the batch; other unknown dimensions get their
-    own symbols.
-    """
-    leaves, treedef = jax.tree.flatten(inputs, is_leaf=_is_abstract)
-    first = next((x.shape[0] for x in leaves if _is_abstract(x) and x.shape), None)
-
-    def open_batch(x):
-        if not _is_abstract(x) or not x.shape or x.shape[0] not in (None, first):
-            return x
-        return AbstractInput((None,) + x.shape[1:], x.dtype)
-
-    return with_symbolic_dims(jax.tree.unflatten(treedef, [open_batch(x) for x in leaves]))
+    """Input avals for export: the batch (`_batch`'s rule) and unknown dims symbolic."""
+    return with_symbolic_dims(inputs, open_batch=True)
 
 
 # --------------------------------------------------------------------- export
@@ -372,7 +356,7 @@ class ExportedModel:
         num_outputs = len(forward.out_avals) - num_state
         output_float = [is_float(a.dtype) for a in forward.out_avals[:num_outputs]]
         in_avals = forward.in_avals
-        num_inputs = len(jax.tree.leaves(self.input_structure(), is_leaf=_is_abstract))
+        num_inputs = len(jax.tree.leaves(self.input_structure(), is_leaf=is_abstract))
         param_float = [is_float(a.dtype) for a in in_avals[:num_params]]
         input_float = [is_float(a.dtype) for a in in_avals[len(in_avals) - num_inputs :]]
         num_rng = len(in_avals) - num_params - num_state - num_inputs
@@ -421,7 +405,7 @@ class ExportedModel:
         state_leaves = state_layout.array_leaves(state)
         rng_leaves = jax.tree.leaves(values.get("rng"))
         input_leaves = jax.tree.leaves(values["inputs"])
-        expected_inputs = len(jax.tree.leaves(self.input_structure(), is_leaf=_is_abstract))
+        expected_inputs = len(jax.tree.leaves(self.input_structure(), is_leaf=is_abstract))
         if len(input_leaves) != expected_inputs:
             raise ValueError(
                 f"The portable JaxLayer was saved for {expected_inputs} input "
@@ -431,7 +415,7 @@ class ExportedModel:
         outputs, new_state = self.function(training)(
             param_leaves, state_leaves, rng_leaves, input_leaves
         )
-        treedef = jax.tree.structure(self.output_structure(training), is_leaf=_is_abstract)
+        treedef = jax.tree.structure(self.output_structure(training), is_leaf=is_abstract)
         outputs = jax.tree.unflatten(treedef, outputs)
         if "state" not in self.metadata["arguments"]:
             return outputs
@@ -442,7 +426,7 @@ class ExportedModel:
             dims = ", ".join("?" if d is None else str(d) for d in x.shape)
             return f"{x.dtype.name}[{dims}]"
 
-        leaves = jax.tree.leaves(self.input_structure(), is_leaf=_is_abstract)
+        leaves = jax.tree.leaves(self.input_structure(), is_leaf=is_abstract)
         return ", ".join(text(x) for x in leaves)
 
 

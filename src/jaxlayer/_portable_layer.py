@@ -16,9 +16,10 @@ from typing import Any, cast
 import jax
 import keras
 
-from ._export import ExportedModel, blobs_from_files
+from ._config_codec import decode_tree
 from ._layer import JaxLayer
-from ._program import AbstractInput
+from ._portable_programs import ExportedModel, blobs_from_files
+from ._program import is_abstract
 
 
 @keras.saving.register_keras_serializable(package="jaxlayer")
@@ -31,8 +32,10 @@ class PortableLayer(JaxLayer):
 
     Args:
         portable: the saved description of the programs (from the config).
-        params_spec: the saved layout of params.
-        state_spec: the saved layout of state.
+        params: the params tree in the saved layout (`from_config` decodes it
+            from the config's `params_spec`, with zeros that Keras then
+            overwrites with the saved weights).
+        state: the state tree in the saved layout (from `state_spec`).
         seed: the seed of the layer's rng generator.
         **kwargs: the usual Keras layer arguments.
 
@@ -54,8 +57,8 @@ class PortableLayer(JaxLayer):
     def __init__(
         self,
         portable: dict,
-        params_spec: Any = None,
-        state_spec: Any = None,
+        params: Any = None,
+        state: Any = None,
         seed: int | None = None,
         **kwargs: Any,
     ) -> None:
@@ -63,8 +66,8 @@ class PortableLayer(JaxLayer):
         model = ExportedModel.from_metadata(portable)
         super().__init__(
             model,
-            params_spec=params_spec,
-            state_spec=state_spec,
+            params=params,
+            state=state,
             seed=seed,
             save_as="portable",
             **kwargs,
@@ -72,7 +75,7 @@ class PortableLayer(JaxLayer):
         self._set_untracked("_input_record", model.input_structure())
 
     @property
-    def exported(self) -> ExportedModel:
+    def _exported(self) -> ExportedModel:
         """The stored programs and their description."""
         return cast(ExportedModel, self.call_fn)
 
@@ -80,35 +83,40 @@ class PortableLayer(JaxLayer):
     def from_config(cls, config: dict) -> PortableLayer:
         if cls is PortableLayer:
             cls = portable_class(config["portable"].get("class_name", "JaxLayer"))
+        config = dict(config)
+        # Zeros of the saved layout: Keras loads the saved values into them.
+        for spec, argument in (("params_spec", "params"), ("state_spec", "state")):
+            encoded = config.pop(spec, None)
+            config[argument] = None if encoded is None else decode_tree(encoded)
         return cls(**config)
 
-    def exported_model(self) -> ExportedModel:
-        return self.exported
+    def _exported_model(self) -> ExportedModel:
+        return self._exported
 
     def load_assets(self, dir_path: str) -> None:
         files = {}
         for name in os.listdir(dir_path):
             with open(os.path.join(dir_path, name), "rb") as file:
                 files[name] = file.read()
-        self.exported.set_blobs(blobs_from_files(files))
+        self._exported.set_blobs(blobs_from_files(files))
 
     def _get_call_rng(self, training: bool) -> Any:
-        structure = self.exported.rng_structure(training)
+        structure = self._exported.rng_structure(training)
         return jax.tree.map(
             lambda _: self._get_call_seed(),
             structure,
-            is_leaf=lambda x: isinstance(x, AbstractInput),
+            is_leaf=is_abstract,
         )
 
     def compute_output_spec(self, inputs: Any, training: bool = False) -> Any:
-        if self.exported.loaded:
+        if self._exported.loaded:
             return super().compute_output_spec(inputs, training)
         # Keras rebuilds the model graph before it reads the programs from
         # the archive: use the output shapes saved with them.
         return jax.tree.map(
             lambda a: keras.KerasTensor(a.shape, dtype=a.dtype.name),
-            self.exported.output_structure(bool(training)),
-            is_leaf=lambda x: isinstance(x, AbstractInput),
+            self._exported.output_structure(bool(training)),
+            is_leaf=is_abstract,
         )
 
 
@@ -139,7 +147,3 @@ def portable_class(original: str) -> type:
         keras.saving.register_keras_serializable(package="jaxlayer", name=f"Portable{original}")(cls)
         _CLASSES[original] = cls
     return cls
-
-
-for _original in ("JaxLayer", "HaikuLayer", "FlaxLayer", "NnxLayer", "EquinoxLayer"):
-    portable_class(_original)

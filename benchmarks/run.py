@@ -26,6 +26,7 @@ WORKLOADS = (
     "scaling",
     "portable",
     "architectures",
+    "checkpoint",
 )
 
 

@@ -48,8 +48,10 @@ class LoadReport:
         cast: the loaded variables whose source dtype differed (cast to the
             variable's dtype).
         mismatched: `(name, (source shape, source dtype), (layer shape, layer
-            dtype))` for leaves whose shapes differ. Empty in a returned
-            report: a mismatch that `skip` does not cover raises.
+            dtype))` for leaves whose shapes differ. Always empty in what
+            `load_checkpoint` returns (a mismatch that `skip` does not cover
+            raises); `jaxlayer inspect CHECKPOINT --against m.keras` lists them.
+        source: what was read (`the Orbax checkpoint `path``, ...).
 
     Examples:
         >>> import jax.numpy as jnp, numpy as np
@@ -68,7 +70,7 @@ class LoadReport:
     cast: list[str] = dataclasses.field(default_factory=list)
     mismatched: list[tuple[str, tuple, tuple]] = dataclasses.field(default_factory=list)
     source: str = ""
-    _details: dict[str, str] = dataclasses.field(default_factory=dict, repr=False)
+    _details: dict[str, str] = dataclasses.field(default_factory=dict, repr=False, init=False, compare=False)
 
     def __str__(self) -> str:
         counts = ", ".join(
@@ -95,34 +97,47 @@ def comparable(name: str) -> str:
     return ".".join(part for part in re.split(r"[./]", name) if part not in ("", "~"))
 
 
-def _renamed(names: Iterable[str], rename: Rename) -> dict[str, str | None]:
-    """Source name -> name after `rename` (None: dropped)."""
+def _renamed(names: Iterable[str], rename: Rename, own: Callable[[str], str]) -> dict[str, str | None]:
+    """Source name -> name after the layer's `own` convention, then `rename` (None: dropped)."""
+    owned = {name: own(name) for name in names}
     if rename is None:
-        return {name: name for name in names}
+        return dict(owned)
+    apply = _rename_function(rename)
+    return {name: apply(new) for name, new in owned.items()}
+
+
+def _rename_function(rename: Any) -> Callable[[str], str | None]:
+    if isinstance(rename, Mapping):
+        try:
+            patterns = [(re.compile(pattern), replacement) for pattern, replacement in rename.items()]
+        except (TypeError, re.error) as error:
+            raise ValueError(
+                f"`load_checkpoint`: a key of `rename` is not a regex ({error}). Received: "
+                f"rename={rename!r}"
+            ) from None
+
+        def substitute(name: str) -> str:
+            for pattern, replacement in patterns:
+                name = pattern.sub(replacement, name)
+            return name
+
+        return substitute
     if callable(rename):
-        result = {}
-        for name in names:
+
+        def call(name: str) -> str | None:
             new = rename(name)
             if new is not None and not isinstance(new, str):
                 raise TypeError(
                     f"`load_checkpoint`: the `rename` callable must return a str or None; it "
                     f"returned {type(new).__name__} for `{name}`."
                 )
-            result[name] = new
-        return result
-    if not isinstance(rename, Mapping):
-        raise TypeError(
-            f"`load_checkpoint` expects `rename` to be a dict {{regex: replacement}}, a callable "
-            f"from name to name (or None to drop), or None. Received: rename={rename!r}"
-        )
-    patterns = [(re.compile(pattern), replacement) for pattern, replacement in rename.items()]
-    result = {}
-    for name in names:
-        new = name
-        for pattern, replacement in patterns:
-            new = pattern.sub(replacement, new)
-        result[name] = new
-    return result
+            return new
+
+        return call
+    raise TypeError(
+        f"`load_checkpoint` expects `rename` to be a dict {{regex: replacement}}, a callable "
+        f"from name to name (or None to drop), or None. Received: rename={rename!r}"
+    )
 
 
 def _patterns(skip: Any) -> list[re.Pattern]:
@@ -137,13 +152,20 @@ def _patterns(skip: Any) -> list[re.Pattern]:
         ) from None
 
 
-class _Plan:
+class LoadPlan:
     """Which source leaf each variable takes, checked; the report without arrays."""
 
-    def __init__(self, variables: list, source: formats.Source, strict: bool, skip: Any, rename: Rename):
+    def __init__(
+        self,
+        variables: list,
+        source: formats.Source,
+        skip: Any,
+        rename: Rename,
+        own: Callable[[str], str] = lambda name: name,
+    ):
         skips = _patterns(skip)
         report = LoadReport(source=source.description)
-        renamed = _renamed(source.entries, rename)
+        renamed = _renamed(source.entries, rename, own)
         by_name: dict[str, str] = {}  # comparable target name -> source name
         for original, new in renamed.items():
             if new is None:
@@ -192,7 +214,6 @@ class _Plan:
                 report._details[field + name] = self._shape_detail(name, field, variables, source, by_name)
         report.loaded = [variable.name for variable, _ in self.pairs]
         self.report = report
-        self._check(strict)
 
     @staticmethod
     def _shape_detail(name, field, variables, source, by_name) -> str:
@@ -202,7 +223,8 @@ class _Plan:
         shape, dtype = source.entries[by_name[comparable(name)]]
         return f" {_spec(shape, dtype)}"
 
-    def _check(self, strict: bool) -> None:
+    def check(self, strict: bool) -> None:
+        """Raises the ValueError for shape mismatches, and with `strict` for names."""
         report = self.report
         if report.mismatched:
             rows = "\n".join(
@@ -307,7 +329,8 @@ class CheckpointHooks(_MixinBase):
             )
         source = formats.open_source(source, self._checkpoint_template(), self._checkpoint_source)
         variables = list(self._param_variables) + list(self._state_variables)
-        plan = _Plan(variables, source, strict, skip, rename)
+        plan = LoadPlan(variables, source, skip, rename, self._checkpoint_name)
+        plan.check(strict)
         wanted = {
             name: (canonical_dtype(variable.dtype), _sharding(variable)) for variable, name in plan.pairs
         }
@@ -381,6 +404,10 @@ class CheckpointHooks(_MixinBase):
     def _checkpoint_template(self) -> Any:
         """The framework object a `.eqx` file is read and written with (None: none)."""
         return None
+
+    def _checkpoint_name(self, name: str) -> str:
+        """A source name as the framework's own tools write it -> the layer's name."""
+        return name
 
 
 def deep_merge(a: Any, b: Any) -> Any:

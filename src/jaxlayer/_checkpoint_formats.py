@@ -198,9 +198,26 @@ class OrbaxSource(Source):
         }
         super().__init__(f"the Orbax checkpoint `{path}`", entries)
 
+    #: Arrays are restored in groups of about this many bytes: Orbax's
+    #: transient buffers are then a group's, not the whole checkpoint's.
+    GROUP_BYTES = 64 * 2**20
+
     def read(self, wanted):
-        if not wanted:
-            return {}
+        result: dict[str, Any] = {}
+        group: dict[str, tuple] = {}
+        size = 0
+        for name, target in wanted.items():
+            shape, dtype = self.entries[name]
+            group[name] = target
+            size += int(np.prod(shape)) * max(np.dtype(dtype).itemsize, np.dtype(target[0]).itemsize)
+            if size >= self.GROUP_BYTES:
+                result.update(self._restore(group))
+                group, size = {}, 0
+        if group:
+            result.update(self._restore(group))
+        return result
+
+    def _restore(self, wanted: dict[str, tuple]) -> dict[str, Any]:
         ocp = self._ocp
         specs, args = {}, {}
         for name, (dtype, sharding) in wanted.items():
@@ -392,7 +409,7 @@ def flat_arrays(tree: Any) -> dict[str, np.ndarray]:
     for part in parts:
         for path, leaf in jax.tree_util.tree_flatten_with_path(part)[0]:
             if is_array_leaf(leaf):
-                flat[".".join(key_text(k) for k in path)] = np.ascontiguousarray(np.asarray(leaf))
+                flat[".".join(key_text(k) for k in path)] = np.array(leaf, order="C")  # 0-d stays 0-d
     return flat
 
 

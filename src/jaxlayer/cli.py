@@ -94,13 +94,20 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("info", help="versions, optional packages, Keras backend, JAX devices")
     inspect = commands.add_parser(
         "inspect",
-        help="list the JaxLayers in a .keras file without building the model",
+        help="list the JaxLayers in a .keras file, or a checkpoint's arrays, without loading",
         description="Print each JaxLayer in a .keras file: portable or source-based, its "
         "jax.export platforms and jax version, its inputs, and its params/state tree "
-        "(paths, shapes, dtypes, counts). Reads only the file: no model is built and no "
-        "user code or framework is imported.",
+        "(paths, shapes, dtypes, counts). Or print a checkpoint's arrays (an Orbax "
+        "directory, read from its metadata, or a .msgpack, .safetensors or .npz file) and, "
+        "with --against, the load_checkpoint report for each JaxLayer of a .keras file. "
+        "No model is built and no user code is imported.",
     )
-    inspect.add_argument("path", help="a .keras file")
+    inspect.add_argument("path", help="a .keras file or a checkpoint")
+    inspect.add_argument(
+        "--against",
+        metavar="MODEL.keras",
+        help="with a checkpoint: print the report load_checkpoint(strict=False) would give",
+    )
     commands.add_parser(
         "bench",
         help="run the benchmarks (from a source checkout); arguments go to benchmarks/run.py",
@@ -126,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "info":
         return _info()
     if args.command == "inspect":
-        return _inspect(args.path)
+        return _inspect(args.path, args.against)
     return _demo(args)
 
 
@@ -217,11 +224,26 @@ def _demo_in_child(args: argparse.Namespace, active: str) -> int:
     return subprocess.run(command, env=env).returncode
 
 
-def _inspect(path: str) -> int:
+def _inspect(path: str, against: str | None = None) -> int:
     import zipfile
 
+    from jaxlayer._describe_checkpoint import (
+        compare_checkpoint,
+        describe_checkpoint,
+        is_checkpoint_path,
+    )
     from jaxlayer._describe_file import describe_file, format_description
 
+    if is_checkpoint_path(path):
+        try:
+            print(describe_checkpoint(path) if against is None else compare_checkpoint(path, against))
+        except (OSError, ValueError, ImportError, KeyError, zipfile.BadZipFile) as error:
+            print(f"jaxlayer inspect: cannot read {path!r}: {error}", file=sys.stderr)
+            return 2
+        return 0
+    if against is not None:
+        print("jaxlayer inspect: --against goes with a checkpoint path, not a .keras file", file=sys.stderr)
+        return 2
     try:
         description = describe_file(path)
     except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as error:

@@ -175,6 +175,10 @@ class NnxLayer(AdapterLayer):
         params, state = self._checkpoint_parts(keep_global)
         return deep_merge(params, state)
 
+    def _checkpoint_name(self, name: str) -> str:
+        # Orbax saves an `nnx.State` with each Variable's `value` in its path.
+        return name[: -len(".value")] if name.endswith(".value") else name
+
     def _checkpoint_source(self, source: Any) -> Any:
         # A module or an `nnx.State` (typed RNG keys included) as the layer stores it.
         nnx = self._nnx

@@ -82,10 +82,7 @@ def child(variant: str, path: str, width: int) -> dict:
         restored = ocp.StandardCheckpointer().restore(path, abstract)
         jax.block_until_ready(restored)
         return {"load_s": time.perf_counter() - start, "added_mb": peak_rss_mb() - base}
-    from jaxlayer import FlaxLayer
-
-    # Imported before the RSS baseline, as for `orbax` above: a one-time cost.
-    import orbax.checkpoint  # noqa: F401
+    from jaxlayer import FlaxLayer  # orbax is imported above, before the RSS baseline
 
     layer = FlaxLayer(module)
     layer(x)  # build: init_fn allocates the model once

@@ -254,8 +254,12 @@ class LoadPlan:
 
 
 def _sharding(variable: Any) -> Any:
+    """The sharding to restore into: a layout over several devices, else None
+    (read to host memory, then assigned: faster than Orbax's array path)."""
     value = variable.value
-    return value.sharding if isinstance(value, jax.Array) else None
+    if isinstance(value, jax.Array) and len(value.sharding.device_set) > 1:
+        return value.sharding
+    return None
 
 
 class CheckpointHooks(_MixinBase):

@@ -200,7 +200,7 @@ class OrbaxSource(Source):
 
     #: Arrays are restored in groups of about this many bytes: Orbax's
     #: transient buffers are then a group's, not the whole checkpoint's.
-    GROUP_BYTES = 64 * 2**20
+    GROUP_BYTES = 256 * 2**20
 
     def read(self, wanted):
         result: dict[str, Any] = {}

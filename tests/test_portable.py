@@ -75,13 +75,18 @@ def _check_in_fresh_process(python, manifest):
     return results, modules
 
 
+def _saved_and_result(name, fresh_process_results):
+    """What the saving process recorded for `name`, and the fresh process's result."""
+    saved, results, _, _ = fresh_process_results
+    if name not in saved:
+        pytest.skip(f"{FRAMEWORK[name]} is not installed")
+    return saved[name], results[name]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_portable_model_loads_and_predicts_without_its_code(name, fresh_process_results):
-    saved, results, modules, _ = fresh_process_results
-    if name not in saved:
-        pytest.skip(f"{FRAMEWORK[name]} is not installed")
-    info, r = saved[name], results[name]
+    info, r = _saved_and_result(name, fresh_process_results)
     assert r["portable"] and r["class"] == ORIGINAL_CLASS[name]
     assert r["identical"], f"predictions differ by {r['max_diff']}"
     assert r["batch_sizes_ok"]
@@ -94,10 +99,7 @@ def test_portable_model_loads_and_predicts_without_its_code(name, fresh_process_
 @pytest.mark.needs_training
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_portable_model_trains_without_its_code(name, fresh_process_results):
-    saved, results, modules, _ = fresh_process_results
-    if name not in saved:
-        pytest.skip(f"{FRAMEWORK[name]} is not installed")
-    info, r = saved[name], results[name]
+    info, r = _saved_and_result(name, fresh_process_results)
     assert r["loss_fell"], r["losses"]
     assert r["weights_changed"]
     if info["has_dropout"]:

@@ -151,6 +151,10 @@ WRITERS = {
 
 @pytest.mark.parametrize("fmt", list(WRITERS))
 def test_every_format_loads_a_pure_jax_model_and_predicts_like_its_apply(fmt, pretrained, tmp_path):
+    if BACKEND != "jax" and fmt not in ("orbax", "safetensors_numpy"):
+        # Reading a file is the same on every backend; the assignment is the
+        # same for every format: two formats prove the other backends.
+        pytest.skip("file formats are read the same on every backend: checked on jax")
     path = WRITERS[fmt](tmp_path, pretrained)
     layer = flax_layer()
     report = layer.load_checkpoint(path)

@@ -97,6 +97,12 @@ def comparable(name: str) -> str:
     return ".".join(part for part in re.split(r"[./]", name) if part not in ("", "~"))
 
 
+def nnx_state_name(name: str) -> str:
+    """A name Orbax wrote for an `nnx.State` leaf (`lin.kernel.value`) as the
+    layer's (`lin.kernel`)."""
+    return name[: -len(".value")] if name.endswith(".value") else name
+
+
 def _renamed(names: Iterable[str], rename: Rename, own: Callable[[str], str]) -> dict[str, str | None]:
     """Source name -> name after the layer's `own` convention, then `rename` (None: dropped)."""
     owned = {name: own(name) for name in names}
@@ -399,7 +405,7 @@ class CheckpointHooks(_MixinBase):
         params, state = self.get_params(), self.get_state()  # type: ignore[attr-defined]
         if not keep_global:
             params, state = to_host(params), to_host(state)
-        return formats._plain_tree(params), formats._plain_tree(state)
+        return formats.plain_tree(params), formats.plain_tree(state)
 
     def _checkpoint_source(self, source: Any) -> Any:
         """A source as the layer's names read it (adapters convert framework objects)."""

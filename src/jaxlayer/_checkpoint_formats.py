@@ -189,7 +189,7 @@ class OrbaxSource(Source):
         tree = getattr(getattr(metadata, "item_metadata", metadata), "tree", None)
         if tree is None:  # older Orbax: the metadata is the tree itself
             tree = metadata
-        self._tree = _plain_tree(tree, is_leaf=_is_array_metadata)
+        self._tree = plain_tree(tree, is_leaf=_is_array_metadata)
         named = named_leaves(self._tree, _is_array_metadata)
         self._paths = {name: path for name, (path, _) in named.items()}
         entries = {
@@ -247,20 +247,20 @@ def _is_array_metadata(x: Any) -> bool:
     return hasattr(x, "shape") and hasattr(x, "dtype") and not isinstance(x, (np.ndarray, jax.Array))
 
 
-def _plain_tree(tree: Any, is_leaf: Callable[[Any], bool] | None = None) -> Any:
+def plain_tree(tree: Any, is_leaf: Callable[[Any], bool] | None = None) -> Any:
     """Mappings as dicts and sequences as lists, keyed as their paths name them."""
     if is_leaf is not None and is_leaf(tree):
         return tree
     if isinstance(tree, Mapping):
-        return {str(k): _plain_tree(v, is_leaf) for k, v in tree.items()}
+        return {str(k): plain_tree(v, is_leaf) for k, v in tree.items()}
     if isinstance(tree, (list, tuple)) and not _is_named_tuple(tree):
-        return [_plain_tree(v, is_leaf) for v in tree]
+        return [plain_tree(v, is_leaf) for v in tree]
     if is_array_leaf(tree) or tree is None:
         return tree
     children = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: x is not tree)[0]
     if len(children) == 1 and children[0][1] is tree:
         return None  # an opaque leaf: not an array
-    return {key_text(path[0]): _plain_tree(child, is_leaf) for path, child in children}
+    return {key_text(path[0]): plain_tree(child, is_leaf) for path, child in children}
 
 
 def _at(tree: Any, path: tuple) -> Any:

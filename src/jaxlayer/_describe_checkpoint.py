@@ -10,11 +10,11 @@ model is built and no user code is imported.
 from __future__ import annotations
 
 import os
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
-from ._checkpoint import LoadPlan
+from ._checkpoint import LoadPlan, nnx_state_name
 from ._checkpoint_formats import SUFFIXES, open_source
 from ._describe_file import describe_file
 
@@ -54,15 +54,10 @@ def compare_checkpoint(path: str, keras_path: str) -> str:
     for layer in description["layers"]:
         rows = (layer["params"] or []) + (layer["state"] or [])
         variables = [_SavedVariable(r["path"], tuple(r["shape"]), np.dtype(r["dtype"])) for r in rows]
-        report = LoadPlan(variables, source, (), None, _own_names(layer["class"])).report
+        own = nnx_state_name if layer["class"] == "NnxLayer" else (lambda name: name)
+        report = LoadPlan(variables, source, (), None, own).report
         blocks.append(f"layer `{layer['name']}` ({layer['class']}):\n{_indent(str(report))}")
     return "\n\n".join(blocks)
-
-
-def _own_names(layer_class: Any):
-    if layer_class == "NnxLayer":  # as `NnxLayer._checkpoint_name`
-        return lambda name: name[: -len(".value")] if name.endswith(".value") else name
-    return lambda name: name
 
 
 def _indent(text: str) -> str:

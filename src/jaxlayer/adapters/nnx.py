@@ -9,7 +9,7 @@ import jax
 import keras
 import numpy as np
 
-from .._checkpoint import deep_merge
+from .._checkpoint import deep_merge, nnx_state_name
 from ._common import (
     AdapterLayer,
     deserialize_model_object,
@@ -176,8 +176,7 @@ class NnxLayer(AdapterLayer):
         return deep_merge(params, state)
 
     def _checkpoint_name(self, name: str) -> str:
-        # Orbax saves an `nnx.State` with each Variable's `value` in its path.
-        return name[: -len(".value")] if name.endswith(".value") else name
+        return nnx_state_name(name)
 
     def _checkpoint_source(self, source: Any) -> Any:
         # A module or an `nnx.State` (typed RNG keys included) as the layer stores it.

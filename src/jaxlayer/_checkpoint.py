@@ -337,6 +337,7 @@ class CheckpointHooks(_MixinBase):
                 f"call it once on a batch (or `layer.build(input_shape)`, or put it in a model "
                 f"with `keras.Input`) first, so that its variables exist."
             )
+        self._check_plain_params("load_checkpoint")  # type: ignore[attr-defined]
         source = formats.open_source(source, self._checkpoint_template(), self._checkpoint_source)
         variables = list(self._param_variables) + list(self._state_variables)
         plan = LoadPlan(variables, source, skip, rename, self._checkpoint_name)

@@ -21,6 +21,8 @@ from ._backends import get_bridge
 from ._checkpoint import CheckpointHooks
 from ._dtypes import canonical_dtype, is_float
 from ._eager import is_plain_eager_call
+from ._lora import LoraHooks
+from ._param_forms import FORM_OPTIONS
 from ._program import (
     AbstractInput,
     Program,
@@ -30,6 +32,7 @@ from ._program import (
     record_inputs,
     shape_tree_from_keras,
 )
+from ._quantize import QuantizeHooks
 from ._remat import rematerialized_call, run_with_traced_flag, static_training
 from ._rng import RngHooks
 from ._save_hooks import LayerSaving, check_save_as
@@ -38,7 +41,7 @@ from ._variables import TreeLayout, as_array, assign_tree, unique_names
 
 
 @keras.saving.register_keras_serializable(package="jaxlayer")
-class JaxLayer(RngHooks, LayerSaving, CheckpointHooks, keras.layers.Layer):
+class JaxLayer(RngHooks, LayerSaving, CheckpointHooks, LoraHooks, QuantizeHooks, keras.layers.Layer):
     """A Keras layer that wraps a JAX model given as pure functions.
 
     The model is `call_fn(params, state, rng, inputs, training)`; arguments
@@ -107,7 +110,9 @@ class JaxLayer(RngHooks, LayerSaving, CheckpointHooks, keras.layers.Layer):
         check_save_as(save_as)
         signature, init_signature = check_layer_arguments(call_fn, init_fn, params, state, seed)
         bridge = get_bridge()  # rejects unsupported backends at construction
+        form_options = {key: kwargs.pop(key) for key in FORM_OPTIONS if key in kwargs}
         super().__init__(**kwargs)
+        self._init_forms(form_options)
         self.call_fn = call_fn
         self.init_fn = init_fn
         self.native_serialization_platforms = native_serialization_platforms
@@ -165,6 +170,7 @@ class JaxLayer(RngHooks, LayerSaving, CheckpointHooks, keras.layers.Layer):
             self._state_layout,
             [v.shape for v in self._state_variables],
             [canonical_dtype(v.dtype) for v in self._state_variables],
+            *self._program_forms(),
         )
         program.native_serialization_platforms = self.native_serialization_platforms
         return program
@@ -208,7 +214,9 @@ class JaxLayer(RngHooks, LayerSaving, CheckpointHooks, keras.layers.Layer):
         for variable in created:
             self._bridge.adopt_variable(variable)
         num_params = layouts[0].num_arrays
+        self._reset_forms()
         self._install_variables(layouts, created[:num_params], created[num_params:])
+        self._apply_pending_forms()  # a saved layer's int8 kernels and LoRA adapters
 
     # ------------------------------------------------------------------ build
 
@@ -304,7 +312,7 @@ class JaxLayer(RngHooks, LayerSaving, CheckpointHooks, keras.layers.Layer):
         """
         if self._input_record is None:
             self._record_inputs(inputs)
-        params = [v.value for v in self._param_variables]
+        params = [v.value for v in self._program_variables()]
         state = [v.value for v in self._state_variables]
         if isinstance(training, Tracer):
             outputs, new_state = run_with_traced_flag(self, run, inputs, params, state, training)
@@ -331,7 +339,7 @@ class JaxLayer(RngHooks, LayerSaving, CheckpointHooks, keras.layers.Layer):
         self._record_inputs(inputs)
         rng = self._abstract_call_rng(training) if self.seed_generator is not None else None
         outputs, _ = self._program.output_shapes(
-            [self._call_aval(v) for v in self._param_variables],
+            [self._call_aval(v) for v in self._program_variables()],
             [self._call_aval(v) for v in self._state_variables],
             rng,
             jax.tree.map(lambda x: AbstractInput(x.shape, self._input_dtype_for(x.dtype)), inputs),
@@ -371,7 +379,7 @@ class JaxLayer(RngHooks, LayerSaving, CheckpointHooks, keras.layers.Layer):
             >>> layer.get_params()
             {'w': Array(2., dtype=float32)}
         """
-        return self._params_layout.rebuild([self._bridge.variable_to_jax(v) for v in self._param_variables])
+        return self._params_layout.rebuild(self._plain_params_list())
 
     def get_state(self) -> Any:
         """The current `state` as a PyTree of JAX arrays."""
@@ -382,6 +390,7 @@ class JaxLayer(RngHooks, LayerSaving, CheckpointHooks, keras.layers.Layer):
 
         Nothing is changed unless every leaf passes the checks.
         """
+        self._check_plain_params("set_params")
         assign_tree(self.name, self.built, params, self._params_layout, self._param_variables, "set_params")
 
     def set_state(self, state: Any) -> None:

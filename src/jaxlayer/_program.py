@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._batch import symbolic_dims
+from ._param_transform import ParamTransform
 from ._signature import FunctionSignature, describe
 from ._variables import TreeLayout, check_leaf, describe_path
 
@@ -28,7 +29,9 @@ class Program:
 
     `params` and `state` are flat lists of arrays in the order of the layouts'
     array leaves; `new_state` is returned the same way (empty when `call_fn`
-    takes no `state`).
+    takes no `state`). With a `transform` (LoRA adapters, int8 kernels: see
+    `_param_transform`), `params` is the stored params followed by the extra
+    variables, and the transform computes what `call_fn` receives.
     """
 
     def __init__(
@@ -38,6 +41,8 @@ class Program:
         state_layout: TreeLayout,
         state_shapes: Sequence[tuple],
         state_dtypes: Sequence[Any],
+        transform: ParamTransform | None = None,
+        frozen: Sequence[bool] | None = None,
     ):
         self.signature = signature
         self.params_layout = params_layout
@@ -48,10 +53,29 @@ class Program:
         # Platforms a bridge that serializes the program (TensorFlow's jax2tf)
         # compiles it for; None: the current one. Set by the layer.
         self.native_serialization_platforms: Sequence[str] | None = None
+        self.transform = transform
+        # Per flat param: never differentiated (the base weights LoRA froze);
+        # bridges that differentiate every float param otherwise skip them.
+        self.frozen = None if frozen is None else list(frozen)
         self._jitted: dict[bool, Callable] = {}
+        self._plain: Program | None = None
+
+    def plain(self) -> Program:
+        """This program without its transform: `call_fn` on the params it
+        receives (what a portable save exports)."""
+        if self.transform is None:
+            return self
+        if self._plain is None:
+            self._plain = Program(
+                self.signature, self.params_layout, self.state_layout, self.state_shapes, self.state_dtypes
+            )
+            self._plain.native_serialization_platforms = self.native_serialization_platforms
+        return self._plain
 
     def __call__(self, params: Sequence, state: Sequence, rng: Any, inputs: Any, training: bool):
         self.trace_count += 1
+        if self.transform is not None:
+            params = self.transform(params)
         values = {
             "params": self.params_layout.rebuild(params),
             "state": self.state_layout.rebuild(state),

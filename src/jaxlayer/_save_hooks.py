@@ -86,6 +86,12 @@ class LayerSaving(_MixinBase):
 
         def _abstract_call_rng(self, training: bool) -> Any: ...
 
+        def _forms_config(self) -> dict: ...
+
+        def _plain_param_dtypes(self) -> list: ...
+
+        def _plain_param_avals(self) -> list: ...
+
     # ----------------------------------------------------------------- config
 
     def get_config(self) -> dict:
@@ -98,6 +104,7 @@ class LayerSaving(_MixinBase):
                 config["save_as"] = self.save_as
         else:
             config.update(self._portable_config())
+        config.update(self._forms_config())  # type: ignore[attr-defined]
         return config
 
     def _save_form(self) -> tuple[str, dict | None]:
@@ -132,7 +139,7 @@ class LayerSaving(_MixinBase):
             return {}
         try:
             return {
-                "params_spec": encode_tree(self._params_tree, [v.dtype for v in self._param_variables]),
+                "params_spec": encode_tree(self._params_tree, self._plain_param_dtypes()),
                 "state_spec": encode_tree(self._state_tree, [v.dtype for v in self._state_variables]),
             }
         except UnencodableTree as error:
@@ -151,7 +158,7 @@ class LayerSaving(_MixinBase):
         return {
             "portable": model.metadata,
             "params_spec": encode_tree(
-                self._params_tree, [v.dtype for v in self._param_variables], custom_nodes=True
+                self._params_tree, self._plain_param_dtypes(), custom_nodes=True
             ),
             "state_spec": encode_tree(
                 self._state_tree, [v.dtype for v in self._state_variables], custom_nodes=True
@@ -176,8 +183,8 @@ class LayerSaving(_MixinBase):
         if cached is not None and cached[0] == key:
             return cached[1]
         model = export_program(
-            self._program,
-            [self._call_aval(v) for v in self._param_variables],
+            self._program.plain(),  # LoRA merges and int8 dequantizes around it
+            self._plain_param_avals(),
             [self._call_aval(v) for v in self._state_variables],
             {training: self._abstract_call_rng(training) if self.seed_generator is not None else None
              for training in (False, True)},

@@ -43,6 +43,10 @@ class Bridge:
     def adopt_variable(self, variable: Any) -> None:
         """Adapts a Keras variable the layer just created to the backend."""
 
+    def changing_variables(self, layer: Any) -> contextlib.AbstractContextManager:
+        """A context in which the layer adds and removes variables after its build."""
+        return contextlib.nullcontext()
+
     def is_eager_tensor(self, value: Any) -> bool:
         """Whether `value` is a concrete backend tensor the layer may run on
         directly, bypassing Keras's `Layer.__call__` (False: always the full path)."""

@@ -348,7 +348,7 @@ def _convert(
     if platforms is not None:
         options["native_serialization_platforms"] = tuple(platforms)
     if training:
-        flat_call = _SavedResidualsCall(pure, treedef, input_shapes, options)
+        flat_call = _SavedResidualsCall(pure, treedef, input_shapes, options, program.frozen)
     else:
         # Inference calls are rarely differentiated: jax2tf's own gradient
         # (which recomputes the forward pass inside the backward op) costs
@@ -386,8 +386,13 @@ class _SavedResidualsCall:
     as their key data. Called with the flat (params, state, rng, inputs) leaves.
     """
 
-    def __init__(self, pure: Callable, treedef: Any, input_shapes: Any, options: dict) -> None:
+    def __init__(
+        self, pure: Callable, treedef: Any, input_shapes: Any, options: dict, frozen: Any = None
+    ) -> None:
         from jax.experimental import jax2tf
+
+        # Params never differentiated (frozen by LoRA): no gradient is computed for them.
+        self._frozen = frozen
 
         self._treedef = treedef
         self._options = options
@@ -416,7 +421,10 @@ class _SavedResidualsCall:
                 output_leaves, trace["output_treedef"] = jax.tree.flatten(outputs)
                 return output_leaves, new_state
 
-            vjp = float_vjp(run, params, state, rng, input_leaves)
+            wanted = None
+            if self._frozen is not None:
+                wanted = ([not f for f in self._frozen], [True] * len(input_leaves))
+            vjp = float_vjp(run, params, state, rng, input_leaves, wanted)
             output_leaves, new_state = vjp.output_leaves, vjp.new_state
             residuals, residual_treedef = jax.tree.flatten(vjp.pullback)
             key_impls = [jax.random.key_impl(r) if _is_key(r) else None for r in residuals]

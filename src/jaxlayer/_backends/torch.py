@@ -22,9 +22,10 @@ memory with a tensor torch can mutate. Values handed out of the layer
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
@@ -453,6 +454,19 @@ class TorchBridge(Bridge):
         # PyTree names (`dense.kernel`) have. Keras names cannot contain `/`,
         # so mapping the dots to `/` keeps paths unique; the name is unchanged.
         variable._path = variable.path.replace(".", "/")
+
+    @contextlib.contextmanager
+    def changing_variables(self, layer: Any) -> Iterator[None]:
+        # Keras registers a variable added after the build in the layer's
+        # `torch.nn.ParameterDict` under its path, which has dots here (see
+        # `adopt_variable`); the dict is set aside, then rebuilt from the
+        # layer's variables once their paths are adopted.
+        held = layer._modules.pop("_torch_params", None)
+        try:
+            yield
+        finally:
+            if held is not None:
+                layer._track_variables()
 
     @torch.compiler.disable
     def run(self, program, params, state, rng, inputs, training):

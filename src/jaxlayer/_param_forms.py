@@ -7,6 +7,8 @@ its extra variables (an int8 kernel's `.scale`, LoRA's `.lora_a` and
 comes back with the same variables:
 
 - `lora_rank`, `lora_alpha`, `lora_target`, `lora_freeze_others`;
+- `kernel_out_first` when the kernels' output axis is the first (Equinox),
+  so a portable load, which has no framework, lays out the adapters alike;
 - `quantization_target` (the mode itself is the quantized dtype policy,
   e.g. `"int8_from_float32"`, which Keras saves as the layer's `dtype`).
 
@@ -16,7 +18,7 @@ comes back with the same variables:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -34,7 +36,14 @@ else:
     _MixinBase = object
 
 #: Config keys `ParamForms` reads back (popped before `Layer.__init__`).
-FORM_OPTIONS = ("lora_rank", "lora_alpha", "lora_target", "lora_freeze_others", "quantization_target")
+FORM_OPTIONS = (
+    "lora_rank",
+    "lora_alpha",
+    "lora_target",
+    "lora_freeze_others",
+    "quantization_target",
+    "kernel_out_first",
+)
 
 
 @dataclass
@@ -48,7 +57,6 @@ class Form:
     lora_b: Any = None
     # Trainability LoRA changed, to restore at `merge_lora`.
     was_trainable: bool | None = None
-    extras: list = field(default_factory=list)
 
     def extra_variables(self) -> list:
         return [v for v in (self.scale, self.lora_a, self.lora_b) if v is not None]
@@ -80,6 +88,7 @@ class ParamForms(_MixinBase):
         self._set_untracked("_forms", {})
         self._set_untracked("_lora", None)  # (rank, alpha, target, freeze_others)
         self._set_untracked("_quantization_target", None)
+        self._set_untracked("_kernel_out_first", bool(options.get("kernel_out_first", False)))
 
     def _reset_forms(self) -> None:
         """New variables (a build): no form applies to them yet."""
@@ -108,6 +117,8 @@ class ParamForms(_MixinBase):
             config.update(lora_rank=rank, lora_alpha=alpha, lora_target=target, lora_freeze_others=freeze_others)
         if self._quantization_target is not None:
             config["quantization_target"] = self._quantization_target
+        if any(form.out_first for form in self._forms.values()):
+            config["kernel_out_first"] = True
         return config
 
     # ------------------------------------------------------------ variables
@@ -214,7 +225,7 @@ class ParamForms(_MixinBase):
 
     def _lora_out_first(self, variable: Any) -> bool:
         """Whether a kernel's output axis is its first (Equinox) or last (the rest)."""
-        return False
+        return self._kernel_out_first
 
     def _select(self, target: str | None, candidates: list[int], what: str, method: str) -> list[int]:
         """The candidate param indices whose names `target` (a regex) searches."""

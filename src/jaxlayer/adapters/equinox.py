@@ -173,6 +173,11 @@ class EquinoxLayer(AdapterLayer):
             return None
         return self._to_eqx_state(self.get_state())
 
+    def _lora_out_first(self, variable: Any) -> bool:
+        # Equinox stores `Linear.weight` as (out, in) and conv weights as
+        # (out, in, *kernel): the output axis is the first.
+        return True
+
     def _checkpoint_template(self) -> Any:
         # What `eqx.tree_serialise_leaves` writes: the model, with its state.
         model = self.get_model()

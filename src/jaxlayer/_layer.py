@@ -4,7 +4,8 @@ This module is the layer's build and call; it never looks at the active
 backend. Argument checks: `_signature`; PyTree <-> variables and `set_params`
 checks: `_variables`; the pure function and its abstract inputs: `_program`;
 rng hooks: `_rng`; remat: `_remat`; the eager shortcut: `_eager`; Keras
-saving hooks: `_save_hooks`; checkpoints: `_checkpoint`; backends: `_backends`.
+saving hooks: `_save_hooks`; checkpoints: `_checkpoint`; LoRA and int8:
+`_lora`, `_quantize`, `_param_forms`; backends: `_backends`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from ._checkpoint import CheckpointHooks
 from ._dtypes import canonical_dtype, is_float
 from ._eager import is_plain_eager_call
 from ._lora import LoraHooks
-from ._param_forms import FORM_OPTIONS
+from ._param_forms import pop_form_options
 from ._program import (
     AbstractInput,
     Program,
@@ -37,7 +38,7 @@ from ._remat import rematerialized_call, run_with_traced_flag, static_training
 from ._rng import RngHooks
 from ._save_hooks import LayerSaving, check_save_as
 from ._signature import check_layer_arguments, split_init_result
-from ._variables import TreeLayout, as_array, assign_tree, unique_names
+from ._variables import TreeLayout, as_array, assign_tree, released_one_by_one, unique_names
 
 
 @keras.saving.register_keras_serializable(package="jaxlayer")
@@ -110,7 +111,7 @@ class JaxLayer(RngHooks, LayerSaving, CheckpointHooks, LoraHooks, QuantizeHooks,
         check_save_as(save_as)
         signature, init_signature = check_layer_arguments(call_fn, init_fn, params, state, seed)
         bridge = get_bridge()  # rejects unsupported backends at construction
-        form_options = {key: kwargs.pop(key) for key in FORM_OPTIONS if key in kwargs}
+        form_options = pop_form_options(kwargs)  # LoRA and int8 of a saved layer
         super().__init__(**kwargs)
         self._init_forms(form_options)
         self.call_fn = call_fn
@@ -133,12 +134,9 @@ class JaxLayer(RngHooks, LayerSaving, CheckpointHooks, LoraHooks, QuantizeHooks,
             self._set_untracked(name, value)
         self._install_variables((TreeLayout(None, "params"), TreeLayout(None, "state")), [], [])
         self.seed_generator = keras.random.SeedGenerator(seed) if signature.takes("rng") else None
-        # The generator's state variable, held by the layer itself (see
-        # `_get_call_seed`); untracked: Keras already tracks it as the
-        # generator's.
-        self._set_untracked(
-            "_seed_state", None if self.seed_generator is None else self.seed_generator.state
-        )
+        # The generator's state variable, held by the layer itself (see `_get_call_seed`);
+        # untracked: Keras already tracks it as the generator's.
+        self._set_untracked("_seed_state", None if self.seed_generator is None else self.seed_generator.state)
         if params is not None or state is not None:
             self._create_variables(params, state)
             self._mark_built()
@@ -192,7 +190,7 @@ class JaxLayer(RngHooks, LayerSaving, CheckpointHooks, LoraHooks, QuantizeHooks,
         is_state = [False] * layouts[0].num_arrays + [True] * layouts[1].num_arrays
         created: list = []
         try:
-            for name, leaf, state_leaf in zip(names, _released_one_by_one(leaves), is_state):
+            for name, leaf, state_leaf in zip(names, released_one_by_one(leaves), is_state):
                 leaf = as_array(leaf)
                 # Float params are trainable and follow the dtype policy; other
                 # params, and all state, keep their own dtype and are never
@@ -400,9 +398,3 @@ class JaxLayer(RngHooks, LayerSaving, CheckpointHooks, LoraHooks, QuantizeHooks,
         """
         assign_tree(self.name, self.built, state, self._state_layout, self._state_variables, "set_state")
 
-
-def _released_one_by_one(leaves: list):
-    """Yields the leaves, dropping the list's reference to each as it is taken."""
-    for index in range(len(leaves)):
-        leaf, leaves[index] = leaves[index], None
-        yield leaf

@@ -226,12 +226,14 @@ class LoraHooks(ParamForms):
         import h5py
 
         with h5py.File(path, "r") as file:
-            rank = int(file.attrs["lora_rank"])
-            alpha = float(file.attrs["lora_alpha"])
-            target = str(file.attrs["lora_target"]) or None
-            arrays = {name: np.asarray(data) for name, data in file["adapters"].items()}
+            attrs: Any = file.attrs
+            rank, alpha = int(attrs["lora_rank"]), float(attrs["lora_alpha"])
+            target = str(attrs["lora_target"]) or None
+            adapters: Any = file["adapters"]
+            arrays = {name: np.asarray(data) for name, data in adapters.items()}
         if self._lora is None:
             self.enable_lora(rank, target=target, lora_alpha=alpha)
+        assert self._lora is not None, "set by enable_lora"
         if rank != self._lora[0]:
             raise ValueError(
                 f"`load_lora_weights({path!r})`: the file holds rank-{rank} adapters, JaxLayer "

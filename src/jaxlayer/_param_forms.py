@@ -46,6 +46,12 @@ FORM_OPTIONS = (
 )
 
 
+def pop_form_options(kwargs: dict) -> dict:
+    """The form options taken out of a constructor's kwargs (Keras's
+    `Layer.__init__` rejects them)."""
+    return {key: kwargs.pop(key) for key in FORM_OPTIONS if key in kwargs}
+
+
 @dataclass
 class Form:
     """The stored form of one param leaf (see `_param_transform.LeafForm`)."""
@@ -67,6 +73,11 @@ class ParamForms(_MixinBase):
 
     _bridge: Any
     _param_variables: list
+    _forms: dict[int, Form]
+    _lora: tuple[int, float, str | None, bool] | None  # rank, alpha, target, freeze_others
+    _pending_forms: dict
+    _quantization_target: str | None
+    _kernel_out_first: bool
     _params_layout: TreeLayout
     _program: Program
 
@@ -80,10 +91,9 @@ class ParamForms(_MixinBase):
 
     # ------------------------------------------------------------- settings
 
-    def _init_forms(self, kwargs: dict) -> None:
-        """Takes the form options out of the constructor's kwargs (applied
-        when the variables are created: `_apply_pending_forms`)."""
-        options = {key: kwargs.pop(key) for key in FORM_OPTIONS if key in kwargs}
+    def _init_forms(self, options: dict) -> None:
+        """Holds the form options of a saved layer until its variables exist
+        (`_apply_pending_forms`)."""
         self._set_untracked("_pending_forms", options)
         self._set_untracked("_forms", {})
         self._set_untracked("_lora", None)  # (rank, alpha, target, freeze_others)

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import keras
+
+from ._dtypes import is_float
 from ._param_forms import ParamForms
 from ._param_transform import QUANTIZATION_MODES, quantize_int8
 
@@ -71,15 +74,13 @@ class QuantizeHooks(ParamForms):
         self._quantize_leaves(mode, target)
         policy_name = self.dtype_policy.name
         if self.dtype_policy.quantization_mode is None:
-            import keras
-
             self.dtype_policy = keras.dtype_policies.get(f"{mode}_from_{policy_name}")
 
     def _quantize_leaves(self, mode: str, target: str | None) -> None:
         candidates = [
             i
             for i, v in enumerate(self._param_variables)
-            if len(v.shape) >= 2 and i not in self._forms and _is_float_variable(v)
+            if len(v.shape) >= 2 and i not in self._forms and is_float(v.dtype)
         ]
         chosen = self._select(target, candidates, "float kernel", "quantize")
         values = {}
@@ -107,8 +108,3 @@ class QuantizeHooks(ParamForms):
         # itself dequantizes.
         return self.call(*args, **kwargs)
 
-
-def _is_float_variable(variable: Any) -> bool:
-    from ._dtypes import is_float
-
-    return is_float(variable.dtype)

@@ -251,3 +251,11 @@ def assign_tree(layer_name: str, built: bool, tree: Any, layout: TreeLayout, var
         )
     for leaf, variable in zip(arrays, variables):
         variable.assign(leaf)
+
+
+def released_one_by_one(leaves: list):
+    """Yields the leaves, dropping the list's reference to each as it is taken
+    (a build never holds two copies of the parameters)."""
+    for index in range(len(leaves)):
+        leaf, leaves[index] = leaves[index], None
+        yield leaf

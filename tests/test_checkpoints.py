@@ -383,6 +383,26 @@ def test_equinox_from_its_own_file_and_back(tmp_path):
     np.testing.assert_allclose(np.asarray(jax.vmap(back)(X)), want, rtol=1e-5, atol=1e-5)
 
 
+
+def test_equinox_file_with_python_scalars_loads_strictly(tmp_path):
+    # Equinox writes a model's Python floats and bools (Dropout's `p`, its
+    # `inference` flag) into the file; they are settings, not weights.
+    eqx = pytest.importorskip("equinox")
+    from jaxlayer import EquinoxLayer
+
+    def make(seed):
+        a, b = jax.random.split(jax.random.key(seed))
+        return eqx.nn.Sequential([eqx.nn.Linear(6, 8, key=a), eqx.nn.Dropout(0.25), eqx.nn.Linear(8, 3, key=b)])
+
+    saved = eqx.nn.inference_mode(make(0))
+    eqx.tree_serialise_leaves(tmp_path / "m.eqx", saved)
+    layer = EquinoxLayer(make(1))
+    layer(X[:2])
+    report = layer.load_checkpoint(tmp_path / "m.eqx")  # strict
+    assert sorted(report.loaded) == sorted(v.name for v in layer.weights)
+    assert not report.unexpected
+    np.testing.assert_allclose(to_numpy(layer(X)), np.asarray(jax.vmap(saved)(X)), rtol=1e-5, atol=1e-5)
+
 # ------------------------------------------------------------ write-back
 
 RESTORE_WITHOUT_JAXLAYER = r"""

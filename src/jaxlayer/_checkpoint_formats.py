@@ -327,10 +327,15 @@ def _eqx_tree(path: str, template: Any) -> Any:
     # Every leaf Equinox writes (its `is_array_like`) goes into a slot, so the
     # file is read in the template's order without Equinox's shape checks:
     # a different shape is reported by name, like for the other formats.
+    # Python scalars (`Dropout.p`, `inference` flags) are written too; they are
+    # read to keep the order and then left as the template has them: they are
+    # the model's settings, not weights.
     slots = jax.tree.map(lambda x: _Slot(x) if eqx.is_array_like(x) else x, template)
 
     def read_leaf(file, like):
-        return _Slot(np.load(file, allow_pickle=False)) if isinstance(like, _Slot) else like
+        if isinstance(like, _Slot):
+            like.read = np.load(file, allow_pickle=False)
+        return like
 
     try:
         tree = eqx.tree_deserialise_leaves(path, slots, filter_spec=read_leaf)
@@ -339,14 +344,22 @@ def _eqx_tree(path: str, template: Any) -> Any:
             f"`load_checkpoint`: `{path}` could not be read with this layer's model as the "
             f"template ({error}). It was written for a model with another structure."
         ) from error
-    return jax.tree.map(lambda x: x.value if isinstance(x, _Slot) else x, tree)
+    return jax.tree.map(lambda x: x.result() if isinstance(x, _Slot) else x, tree)
 
 
 class _Slot:
-    """A leaf of a `.eqx` template, then the array read for it."""
+    """A leaf of a `.eqx` template and the array read for it."""
 
-    def __init__(self, value: Any):
-        self.value = value
+    def __init__(self, template: Any):
+        self.template = template
+        self.read: Any = None
+
+    def result(self) -> Any:
+        return self.read if _is_array(self.template) else self.template
+
+
+def _is_array(leaf: Any) -> bool:
+    return isinstance(leaf, (jax.Array, np.ndarray, np.generic))
 
 
 def open_source(source: Any, eqx_template: Any = None, convert: Callable[[Any], Any] = lambda t: t) -> Source:

@@ -88,8 +88,15 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--min-accuracy",
         type=float,
-        default=0.95,
-        help="required held-out accuracy (default: 0.95)",
+        default=None,
+        help="required held-out accuracy (default: 0.95; 0.9 with --finetune)",
+    )
+    demo.add_argument(
+        "--finetune",
+        action="store_true",
+        help="the fine-tuning job instead: pretrain on digits 0-4 in pure JAX, write a "
+        "checkpoint, load it into the layer by name with a new head, LoRA on all ten digits, "
+        "back to pure JAX through save_checkpoint, then int8 (see docs/finetuning.md)",
     )
     commands.add_parser("info", help="versions, optional packages, Keras backend, JAX devices")
     inspect = commands.add_parser(
@@ -147,6 +154,8 @@ def _demo(args: argparse.Namespace) -> int:
     try:
         # Before anything heavy, and before a child process: a missing package
         # is one line with the pip extra, never a traceback.
+        if args.finetune:
+            return _finetune(args)
         check_requirements(args.framework, args.backend)
         if args.processes > 1 and process_index() is None:
             return _demo_in_processes(args)
@@ -159,9 +168,38 @@ def _demo(args: argparse.Namespace) -> int:
             args.epochs,
             args.out,
             seed=args.seed,
-            min_accuracy=args.min_accuracy,
+            min_accuracy=0.95 if args.min_accuracy is None else args.min_accuracy,
             reload_python=args.reload_python,
             processes=args.processes,
+        )
+    except MissingDependency as error:
+        print(f"jaxlayer demo: {error}", file=sys.stderr)
+        return 2
+    return 0 if metrics["passed"] else 1
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from jaxlayer.demo import MissingDependency
+    from jaxlayer.demo._finetune import check_finetune_requirements, run_finetune
+
+    if args.processes > 1 or args.reload_python:
+        print(
+            "jaxlayer demo: --finetune runs in one process and checks its result in pure JAX; "
+            f"received --processes {args.processes}"
+            + (f" --reload-python {args.reload_python}" if args.reload_python else "")
+            + ". Drop those options, or drop --finetune.",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        check_finetune_requirements(args.framework, args.backend)
+        import keras
+
+        if keras.config.backend() != args.backend:
+            return _demo_in_child(args, keras.config.backend())
+        minimum = 0.9 if args.min_accuracy is None else args.min_accuracy
+        metrics = run_finetune(
+            args.framework, args.epochs, args.out, seed=args.seed, min_accuracy=minimum
         )
     except MissingDependency as error:
         print(f"jaxlayer demo: {error}", file=sys.stderr)
@@ -177,9 +215,12 @@ def _demo_command(args: argparse.Namespace) -> list[str]:
         "--epochs", str(args.epochs),
         "--out", args.out,
         "--seed", str(args.seed),
-        "--min-accuracy", str(args.min_accuracy),
         "--processes", str(args.processes),
     ]  # fmt: skip
+    if args.min_accuracy is not None:
+        command += ["--min-accuracy", str(args.min_accuracy)]
+    if args.finetune:
+        command.append("--finetune")
     if args.reload_python:
         command += ["--reload-python", args.reload_python]
     return command

@@ -27,6 +27,7 @@ WORKLOADS = (
     "portable",
     "architectures",
     "checkpoint",
+    "lora",
 )
 
 
@@ -136,7 +137,7 @@ def main(argv=None) -> int:
     rows: list[Row] = []
     durations = {}
     # Quick mode leaves out the other backends (each child imports TF or torch).
-    per_backend = ("backends", "architectures")
+    per_backend = ("backends", "architectures", "lora")
     default = [w for w in WORKLOADS if w not in per_backend] if args.quick else WORKLOADS
     for name in args.only or default:
         start = time.perf_counter()

@@ -281,7 +281,7 @@ def result_rows(backend: str, size: dict, result: dict, rss: dict) -> list[Row]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--child", choices=BACKENDS, required=True)
-    parser.add_argument("--part", choices=("steps", "full", "lora"), required=True)
+    parser.add_argument("--part", choices=("steps", "full", "lora", "int8"), required=True)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
@@ -290,6 +290,8 @@ def main() -> None:
     size = QUICK if cli.quick else FULL
     if cli.part == "steps":
         child_print(child_steps(size, cli.steps, cli.rounds))
+    elif cli.part == "int8":  # the int8 figures alone, to rerun them on a quiet machine
+        child_print(child_int8(size))
     else:
         child_print(child_rss(size, cli.part))
 

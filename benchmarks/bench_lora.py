@@ -32,7 +32,7 @@ import tempfile
 
 import numpy as np
 
-from .timing import Row, Stats, child_print, peak_rss_mb, run_child
+from .timing import Row, Stats, child_print, peak_rss_mb, run_child, stats_row
 
 BACKENDS = ("jax", "tensorflow", "torch")
 RANK = 8
@@ -225,24 +225,10 @@ def result_rows(backend: str, size: dict, result: dict, rss: dict) -> list[Row]:
     full, lora = steps["full"], steps[f"lora r{RANK}"]
     trainable, optimizer = result["trainable"], result["optimizer_bytes"]
     rows = [
-        Row(
-            workload,
-            "full fine-tuning: fit step",
-            full.median,
-            spread=(full.low, full.high),
-            note=f"trainable {trainable['full']:,}; optimizer {optimizer['full'] / 2**20:.1f} MiB",
-        ),
-        Row(
-            workload,
-            f"lora r{RANK}: fit step",
-            lora.median,
-            "full",
-            lora.median / full.median,
-            STEP_TARGET,
-            spread=(lora.low, lora.high),
-            ratio_min=lora.low / full.low,
-            note=f"trainable {trainable[f'lora r{RANK}']:,}",
-        ),
+        stats_row(workload, "full fine-tuning: fit step", full,
+                  note=f"trainable {trainable['full']:,}; optimizer {optimizer['full'] / 2**20:.1f} MiB"),
+        stats_row(workload, f"lora r{RANK}: fit step", lora, full, "full", STEP_TARGET,
+                  note=f"trainable {trainable[f'lora r{RANK}']:,}"),
         Row(
             workload,
             f"lora r{RANK}: optimizer variables",
@@ -268,12 +254,10 @@ def result_rows(backend: str, size: dict, result: dict, rss: dict) -> list[Row]:
         Row(int8_workload, "float32 .keras", sizes["float"] / 2**20, unit="MiB"),
         Row(int8_workload, "int8 .keras", sizes["int8"] / 2**20, "float", sizes["int8"] / sizes["float"],
             SIZE_TARGET if full_size else None, unit="MiB"),
-        Row(int8_workload, "float32 predict_on_batch", predict["float"].median,
-            spread=(predict["float"].low, predict["float"].high)),
-        Row(int8_workload, "int8 predict_on_batch", predict["int8"].median, "float",
-            predict["int8"].median / predict["float"].median, PREDICT_TARGET,
-            spread=(predict["int8"].low, predict["int8"].high),
-            note=f"argmax agrees with float on {result['int8_argmax_agreement']:.1%} of tokens"),
+        stats_row(int8_workload, "float32 predict_on_batch", predict["float"]),
+        stats_row(int8_workload, "int8 predict_on_batch", predict["int8"], predict["float"], "float",
+                  PREDICT_TARGET,
+                  note=f"argmax agrees with float on {result['int8_argmax_agreement']:.1%} of tokens"),
     ]  # fmt: skip
     return rows
 

@@ -183,15 +183,7 @@ def run_finetune(
     say(f"  pure JAX vs Keras          max |difference| {difference:.2e} "
         f"({'same predictions' if same else 'DIFFERENT predictions'})")  # fmt: skip
 
-    say('5. merge_lora(), model.quantize("int8")')
-    layer.merge_lora()
-    float_keras, int8_keras = out_dir / "float.keras", out_dir / "int8.keras"
-    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.save(float_keras)
-    model.quantize("int8")
-    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    int8_accuracy = _accuracy(model, data)
-    model.save(int8_keras)
+    float_keras, int8_keras, int8_accuracy = _merge_and_quantize(model, layer, data, out_dir, say)
     sizes = {
         "float": _size(float_keras),
         "int8": _size(int8_keras),
@@ -217,6 +209,7 @@ def run_finetune(
         "epochs": epochs,
         "history": history,
         "test_accuracy": lora_accuracy,
+        "test_digits": len(data.y_test),
         "int8_accuracy": int8_accuracy,
         "min_accuracy": min_accuracy,
         "pure_jax_max_difference": difference,
@@ -232,23 +225,47 @@ def run_finetune(
     }
     write_metrics(metrics, metrics_path)
 
-    mark = f"ok, >= {min_accuracy:.2f}" if accurate else f"BELOW the required {min_accuracy:.2f}"
+    _say_summary(say, metrics, report)
+    return metrics
+
+
+def _merge_and_quantize(model, layer, data: Digits, out_dir: Path, say) -> tuple[Path, Path, float]:
+    """Step 5: merge the adapters, save float, quantize to int8, save int8."""
+    say('5. merge_lora(), model.quantize("int8")')
+    layer.merge_lora()
+    float_keras, int8_keras = out_dir / "float.keras", out_dir / "int8.keras"
+    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.save(float_keras)
+    model.quantize("int8")
+    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    int8_accuracy = _accuracy(model, data)
+    model.save(int8_keras)
+    return float_keras, int8_keras, int8_accuracy
+
+
+def _say_summary(say, metrics: dict[str, Any], report) -> None:
+    """The closing summary, from the metrics written to `finetune.json`."""
+    min_accuracy, lora_accuracy = metrics["min_accuracy"], metrics["test_accuracy"]
+    int8_accuracy, sizes, files = metrics["int8_accuracy"], metrics["file_bytes"], metrics["files"]
+    trainable, total = metrics["lora"]["trainable"], metrics["lora"]["total"]
+    mark = f"ok, >= {min_accuracy:.2f}" if lora_accuracy >= min_accuracy else f"BELOW the required {min_accuracy:.2f}"
     say()
     say("Summary")
-    say(f"  framework / backend        {framework} / {backend}")
-    say(f"  pretrained (pure JAX)      accuracy {pretrain_accuracy:.4f} on digits 0-4 -> {pretrained_path}")
+    say(f"  framework / backend        {metrics['framework']} / {metrics['backend']}")
+    say(f"  pretrained (pure JAX)      accuracy {metrics['pretrain']['accuracy_digits_0_4']:.4f} on digits 0-4 "
+        f"-> {files['pretrained']}")  # fmt: skip
     say(f"  loaded by name             {len(report.loaded)} variables; skipped (new head) "
         f"{len(report.skipped)}")  # fmt: skip
     say(f"  LoRA rank {LORA_RANK}                trainable {trainable:,} of {total:,} values")
-    say(f"  held-out accuracy          {lora_accuracy:.4f} on {len(data.y_test)} digits ({mark})")
+    say(f"  held-out accuracy          {lora_accuracy:.4f} on {metrics['test_digits']} digits ({mark})")
     say(f"  int8 held-out accuracy     {int8_accuracy:.4f} ({int8_accuracy - lora_accuracy:+.4f})")
     say(f"  file sizes                 float {sizes['float']:,} B, int8 {sizes['int8']:,} B "
         f"({sizes['int8'] / sizes['float']:.2f}x), adapters only {sizes['adapters']:,} B")  # fmt: skip
-    say(f"  back to pure JAX           {finetuned_path}: max |difference| {difference:.2e}")
-    say(f"  training curves            {plot_path}")
-    say(f"  metrics                    {metrics_path}")
-    say("PASSED" if passed else "FAILED")
-    return metrics
+    say(f"  back to pure JAX           {files['finetuned']}: max |difference| "
+        f"{metrics['pure_jax_max_difference']:.2e}")  # fmt: skip
+    say(f"  training curves            {files['plot']}")
+    say(f"  metrics                    {files['metrics']}")
+    say("PASSED" if metrics["passed"] else "FAILED")
 
 
 def _remove(path: Path) -> None:

@@ -9,11 +9,13 @@ Each backend runs in its own process (Keras reads KERAS_BACKEND once). In
 each process the hand-written baseline, a `jax.jit` step of `value_and_grad`
 + `optax.adam` on the framework's own apply (donating params, state and
 optimizer state, as Keras's trainer does), is timed interleaved with `fit`,
-so every ratio is measured side by side in one process. The transformer also
-runs as stock Keras layers (`Embedding`, `MultiHeadAttention` with
-`use_causal_mask=True`, `LayerNormalization`, `Dense`, `Dropout`: the same
-architecture); Keras has no ResNet18 (`keras.applications` starts at
-ResNet50), so the ResNet has no stock row.
+so every ratio is measured side by side in one process. Both models also run
+as stock Keras layers, trained by the same Keras trainer: the transformer
+from `Embedding`, `MultiHeadAttention` with `use_causal_mask=True`,
+`LayerNormalization`, `Dense` and `Dropout`, the ResNet from `Conv2D`,
+`BatchNormalization`, `MaxPooling2D` and `Dense` with hk.nets.ResNet18's
+widths, strides and projection shortcuts (Keras has no ResNet18:
+`keras.applications` starts at ResNet50).
 
 On tensorflow the child also splits the step: the layer's forward alone and
 forward + backward under `tf.GradientTape` (both in a `tf.function`), next to
@@ -94,6 +96,31 @@ def stock_keras_transformer():
         x = x + keras.layers.Dropout(DROPOUT)(h)
     outputs = keras.layers.Dense(VOCAB)(keras.layers.LayerNormalization(epsilon=1e-6)(x))
     return keras.Model(tokens, outputs)
+
+
+def stock_keras_resnet18():
+    """`hk.nets.ResNet18` from stock Keras layers: the same widths, strides,
+    BatchNorm (decay 0.9, epsilon 1e-5) and projection shortcuts."""
+    import keras
+    from keras import layers
+
+    def conv_bn(x, filters, kernel, stride):
+        x = layers.Conv2D(filters, kernel, stride, padding="same", use_bias=False)(x)
+        return layers.BatchNormalization(momentum=0.9, epsilon=1e-5)(x)
+
+    images = keras.Input((32, 32, 3))
+    x = layers.ReLU()(conv_bn(images, 64, 7, 2))
+    x = layers.MaxPooling2D(3, 2, padding="same")(x)
+    for group, (filters, stride) in enumerate(zip((64, 128, 256, 512), (1, 2, 2, 2))):
+        for block in range(2):
+            block_stride = stride if block == 0 else 1
+            shortcut = x
+            if block == 0 and group > 0:  # hk.nets.ResNet18's use_projection
+                shortcut = conv_bn(x, filters, 1, block_stride)
+            h = layers.ReLU()(conv_bn(x, filters, 3, block_stride))
+            x = layers.ReLU()(layers.Add()([shortcut, conv_bn(h, filters, 3, 1)]))
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(images, layers.Dense(CLASSES)(x))
 
 
 def make_data(model: str, steps: int, batch: int, seed: int = 0):
@@ -271,8 +298,8 @@ def child(backend: str, model: str, steps: int, rounds: int, batch: int) -> dict
             failures["jaxlayer, jit_compile=True"] = f"{type(error).__name__}: {error}"[:200]
         else:
             epochs["jaxlayer, jit_compile=True"] = epoch
-    if model == "transformer":
-        epochs["stock Keras layers"] = keras_epoch(stock_keras_transformer(), x, y, batch)
+    stock = stock_keras_resnet18 if model == "resnet18" else stock_keras_transformer
+    epochs["stock Keras layers"] = keras_epoch(stock(), x, y, batch)
     stats = interleaved(epochs, rounds=rounds, calls=1, warmup=1)
     out = {
         "step_s": {k: [s / steps for s in v.samples] for k, v in stats.items()},

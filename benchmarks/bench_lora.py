@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import tempfile
 
 import numpy as np
@@ -37,6 +38,10 @@ from .timing import Row, Stats, child_print, peak_rss_mb, run_child, stats_row
 BACKENDS = ("jax", "tensorflow", "torch")
 RANK = 8
 TARGET = r"block_\d+\.(qkv|proj|fc|fc_out)\.kernel"
+#: keras-hub's recipe trains the biases of the layers it adapts.
+BIASES = r"block_\d+\.(qkv|proj|fc|fc_out)\.bias"
+LORA = f"lora r{RANK}"
+LORA_BIASES = f"lora r{RANK} + their biases"
 STEP_TARGET = 1.0
 OPTIMIZER_TARGET = 0.05
 SIZE_TARGET = 0.3
@@ -81,7 +86,7 @@ def make_data(size: dict, steps: int, seed: int = 0):
     return tokens[:, :-1], tokens[:, 1:]
 
 
-def build(size: dict, lora: bool):
+def build(size: dict, lora: bool, biases: bool = False):
     import keras
 
     from jaxlayer import FlaxLayer
@@ -91,6 +96,10 @@ def build(size: dict, lora: bool):
     model = keras.Sequential([keras.Input((size["seq"],), dtype="int32"), layer])
     if lora:
         layer.enable_lora(RANK, target=TARGET, freeze_others=True)
+    if lora and biases:
+        for variable in layer.weights:
+            if re.search(BIASES, variable.name):
+                variable.trainable = True
     return model
 
 
@@ -112,11 +121,15 @@ def nbytes(variables) -> int:
     return int(sum(np.prod(v.shape) * np.dtype(v.dtype).itemsize for v in variables))
 
 
-def child_steps(size: dict, steps: int, rounds: int) -> dict:
+def child_steps(size: dict, steps: int, rounds: int, int8: bool = True) -> dict:
     from benchmarks.timing import interleaved
 
     x, y = make_data(size, steps)
-    models = {"full": compiled(build(size, False)), f"lora r{RANK}": compiled(build(size, True))}
+    models = {
+        "full": compiled(build(size, False)),
+        LORA: compiled(build(size, True)),
+        LORA_BIASES: compiled(build(size, True, biases=True)),
+    }
 
     def epoch(model):
         return lambda: model.fit(x, y, batch_size=size["batch"], epochs=1, shuffle=False, verbose=0)
@@ -131,7 +144,8 @@ def child_steps(size: dict, steps: int, rounds: int) -> dict:
     losses = {k: m.evaluate(x, y, batch_size=size["batch"], verbose=0) for k, m in models.items()}
     out["loss"] = {k: float(v) for k, v in losses.items()}
     del models
-    out.update(child_int8(size))
+    if int8:
+        out.update(child_int8(size))
     return out
 
 
@@ -222,23 +236,28 @@ def result_rows(backend: str, size: dict, result: dict, rss: dict) -> list[Row]:
         f"s{size['seq']}, {backend} backend"
     )
     steps = {k: Stats(v) for k, v in result["step_s"].items()}
-    full, lora = steps["full"], steps[f"lora r{RANK}"]
+    full = steps["full"]
     trainable, optimizer = result["trainable"], result["optimizer_bytes"]
     rows = [
         stats_row(workload, "full fine-tuning: fit step", full,
                   note=f"trainable {trainable['full']:,}; optimizer {optimizer['full'] / 2**20:.1f} MiB"),
-        stats_row(workload, f"lora r{RANK}: fit step", lora, full, "full", STEP_TARGET,
-                  note=f"trainable {trainable[f'lora r{RANK}']:,}"),
-        Row(
-            workload,
-            f"lora r{RANK}: optimizer variables",
-            optimizer[f"lora r{RANK}"] / 2**20,
-            "full",
-            optimizer[f"lora r{RANK}"] / optimizer["full"],
-            OPTIMIZER_TARGET if full_size else None,
-            unit="MiB",
-        ),
-    ]
+    ]  # fmt: skip
+    for variant in (LORA, LORA_BIASES):
+        if variant not in steps:  # results saved before the biases variant existed
+            continue
+        rows.append(stats_row(workload, f"{variant}: fit step", steps[variant], full, "full",
+                              STEP_TARGET, note=f"trainable {trainable[variant]:,}"))  # fmt: skip
+        rows.append(
+            Row(
+                workload,
+                f"{variant}: optimizer variables",
+                optimizer[variant] / 2**20,
+                "full",
+                optimizer[variant] / optimizer["full"],
+                OPTIMIZER_TARGET if full_size else None,
+                unit="MiB",
+            )
+        )
     if all("peak_rss_mb" in r for r in rss.values()):
         full_mb, lora_mb = rss["full"]["peak_rss_mb"], rss["lora"]["peak_rss_mb"]
         rows.append(Row(workload, "full fine-tuning: peak RSS (2 fit steps)", full_mb, unit="MiB"))

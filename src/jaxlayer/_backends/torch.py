@@ -11,9 +11,12 @@ Buffer safety: tensors cross into JAX without a copy when their layout
 allows, so JAX reads memory that torch owns and may later change in place.
 Every call therefore waits for the computation to finish before returning,
 and any result buffer that is still one of the input buffers is copied, so
-the outputs, the new state and the residuals kept for backward never share
-memory with a tensor torch can mutate. Values handed out of the layer
-(`to_jax`, `from_jax`) are always copies.
+the outputs and the new state never share memory with a tensor torch can
+mutate. The backward reads the params and inputs it needs from their torch
+tensors again (the forward keeps no copy of them; `ResidualLayout`), saved
+with `save_for_backward`, so torch's version counters refuse a backward
+after one was changed in place, as for torch's own layers. Values handed
+out of the layer (`to_jax`, `from_jax`) are always copies.
 """
 
 # `torch.compiler.disable` is annotated to return a union of callables, which
@@ -25,8 +28,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import weakref
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -260,11 +263,17 @@ def _is_unsigned_in_signed_storage(dtype: Any, tensor: Any) -> bool:
     )
 
 
-def _vjp_forward(program, training, flat, rng, *, mask, layout):
-    """Outputs, new state and the pullback for the leaves where `mask` is set.
+def _vjp_forward(program, training, layouts, flat, rng, *, mask, layout):
+    """Outputs, new state and the residuals of the pullback for the leaves where `mask` is set.
 
     `mask` marks float params and inputs only (see `_float_vjp`); the
-    pullback maps the float outputs' cotangents to one gradient per marked leaf.
+    pullback maps the float outputs' cotangents to one gradient per marked
+    leaf. Residuals that are params or inputs themselves (a kernel kept for
+    the input gradient, an input kept for the kernel gradient) are not
+    returned: a program's outputs are fresh buffers, so returning them would
+    copy every such param on each step. The backward takes them from the
+    torch tensors instead (`ResidualLayout`); `layouts` records, per traced
+    signature, which residual is which leaf.
     """
     num_params, num_state, inputs_treedef = layout
     state_end = num_params + num_state
@@ -286,29 +295,66 @@ def _vjp_forward(program, training, flat, rng, *, mask, layout):
         wanted=(mask[:num_params], mask[state_end:]),
     )
     outputs = jax.tree.unflatten(output_treedef[-1], vjp.output_leaves)
-    return outputs, vjp.new_state, vjp.pullback
+    residuals, treedef = jax.tree.flatten(vjp.pullback)
+    # State is written back after the forward pass: never reused.
+    reusable = {id(leaf): i for i, leaf in enumerate(flat) if not num_params <= i < state_end}
+    slots = tuple(reusable.get(id(leaf), -1) for leaf in residuals)
+    layouts[_signature(flat, rng, mask, layout)] = ResidualLayout(treedef, slots)
+    return outputs, vjp.new_state, [r for r, slot in zip(residuals, slots) if slot < 0]
 
 
-@jax.jit
-def _vjp_backward(pullback, cotangents):
+class ResidualLayout(NamedTuple):
+    """Where each residual of a traced pullback comes from.
+
+    `slots[i]` is the index (in the params, state, inputs list) of the leaf
+    that residual `i` is, or -1 for a residual the forward pass returns.
+    """
+
+    treedef: Any
+    slots: tuple[int, ...]
+
+    def reused(self) -> list[int]:
+        """The leaves the backward pass reads from torch, in order."""
+        return sorted({slot for slot in self.slots if slot >= 0})
+
+
+def _signature(flat, rng, mask, layout) -> tuple:
+    """What decides a trace of `_vjp_forward` (shapes, dtypes, static args)."""
+    avals = tuple((tuple(x.shape), str(x.dtype)) for x in flat)
+    rng_leaves, rng_treedef = jax.tree.flatten(rng)
+    rng_avals = tuple((tuple(x.shape), str(x.dtype)) for x in rng_leaves)
+    return avals, rng_avals, rng_treedef, mask, layout
+
+
+@functools.partial(jax.jit, static_argnames=("residual_layout",))
+def _vjp_backward(returned, reused, cotangents, *, residual_layout):
+    returned = iter(returned)
+    residuals = [reused[s] if s >= 0 else next(returned) for s in residual_layout.slots]
+    pullback = jax.tree.unflatten(residual_layout.treedef, residuals)
     param_grads, input_grads = pullback(cotangents)
     return list(param_grads) + list(input_grads)
+
+
+class _CompiledForward(NamedTuple):
+    fn: Callable
+    layouts: dict
 
 
 _forward_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _compiled_forward(program: Any, training: bool):
+def _compiled_forward(program: Any, training: bool) -> _CompiledForward:
     """The `jax.jit` of `_vjp_forward` for one program and training flag, made once."""
     per_program = _forward_cache.setdefault(program, {})
-    fn = per_program.get(training)
-    if fn is None:
+    compiled = per_program.get(training)
+    if compiled is None:
+        layouts: dict = {}
         fn = jax.jit(
-            functools.partial(_vjp_forward, program, training),
+            functools.partial(_vjp_forward, program, training, layouts),
             static_argnames=("mask", "layout"),
         )
-        per_program[training] = fn
-    return fn
+        compiled = per_program[training] = _CompiledForward(fn, layouts)
+    return compiled
 
 
 class _Call:
@@ -348,30 +394,40 @@ class _JaxFunction(torch.autograd.Function):
             flat[num_params:state_end] = call.unsigned.decode(flat[num_params:state_end])
         # What is differentiated: where torch asks, and float (`_dtypes`).
         mask = tuple(m and is_float(leaf.dtype) for m, leaf in zip(call.mask, flat))
-        forward = _compiled_forward(call.program, call.training)
-        result = forward(flat, call.rng, mask=mask, layout=call.layout)
+        compiled = _compiled_forward(call.program, call.training)
+        result = compiled.fn(flat, call.rng, mask=mask, layout=call.layout)
         jax.block_until_ready(result)  # the inputs have been read once this returns
-        outputs, new_state, pullback = _unalias(result, _buffer_pointers(flat))
+        outputs, new_state, returned = _unalias(result, _buffer_pointers(flat))
+        residual_layout = compiled.layouts[_signature(flat, call.rng, mask, call.layout)]
         output_leaves, treedef = jax.tree.flatten(outputs)
         tensors_out = [_jax_to_tensor(leaf) for leaf in output_leaves]
         float_flags = [is_float(leaf.dtype) for leaf in output_leaves]
         float_tensors = [t for t, f in zip(tensors_out, float_flags) if f]
         call.outputs = (treedef, tensors_out, float_flags)
         call.new_state = call.unsigned.to_storage(new_state)
-        ctx.pullback = pullback  # kept (not freed) so that retain_graph works
+        # Kept (not freed) so that retain_graph works.
+        ctx.residuals = (residual_layout, returned)
         ctx.mask = mask
-        # Outputs are zero-copy views of JAX buffers: let torch's version
-        # counter flag an in-place change made before backward.
-        ctx.save_for_backward(*float_tensors)
+        ctx.num_outputs = len(float_tensors)
+        # Outputs are zero-copy views of JAX buffers: torch's version counter
+        # flags an in-place change made before backward, to them and to the
+        # params and inputs the backward reads again (as for torch's own ops).
+        reused = [tensors[i] for i in residual_layout.reused()]
+        ctx.save_for_backward(*float_tensors, *reused)
         return tuple(float_tensors)
 
     @staticmethod
     @torch.compiler.disable
     @torch.autograd.function.once_differentiable
     def backward(ctx, *grad_outputs):
-        ctx.saved_tensors  # noqa: B018 - raises if an output was modified in place
+        saved = ctx.saved_tensors  # raises if one was modified in place
+        residual_layout, returned = ctx.residuals
+        reused = dict(
+            zip(residual_layout.reused(), (_tensor_to_jax(t) for t in saved[ctx.num_outputs :]))
+        )
         cotangents = [_tensor_to_jax(g) for g in grad_outputs]  # the float outputs'
-        grads = jax.block_until_ready(_vjp_backward(ctx.pullback, cotangents))
+        grads = _vjp_backward(returned, reused, cotangents, residual_layout=residual_layout)
+        grads = jax.block_until_ready(grads)
         grads = iter(_jax_to_tensor(g) for g in grads)
         return (None,) + tuple(next(grads) if needs else None for needs in ctx.mask)
 

@@ -26,10 +26,8 @@ out of the layer (`to_jax`, `from_jax`) are always copies.
 from __future__ import annotations
 
 import contextlib
-import functools
-import weakref
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -38,10 +36,12 @@ import torch
 import torch.utils.dlpack
 
 from .._dtypes import is_float
-from .._float_vjp import float_vjp
 from .._keras_internals import keras_export_format, torch_default_device
 from .._rng import seed_words
 from .base import Bridge
+from .torch_programs import compiled_forward as _compiled_forward
+from .torch_programs import signature as _signature
+from .torch_programs import vjp_backward as _vjp_backward
 
 
 def _tensor_to_jax(tensor: torch.Tensor) -> jax.Array:
@@ -261,100 +261,6 @@ def _is_unsigned_in_signed_storage(dtype: Any, tensor: Any) -> bool:
         and tensor.dtype in _SIGNED_TORCH.values()
         and tensor.dtype.itemsize >= dtype.itemsize
     )
-
-
-def _vjp_forward(program, training, layouts, flat, rng, *, mask, layout):
-    """Outputs, new state and the residuals of the pullback for the leaves where `mask` is set.
-
-    `mask` marks float params and inputs only (see `_float_vjp`); the
-    pullback maps the float outputs' cotangents to one gradient per marked
-    leaf. Residuals that are params or inputs themselves (a kernel kept for
-    the input gradient, an input kept for the kernel gradient) are not
-    returned: a program's outputs are fresh buffers, so returning them would
-    copy every such param on each step. The backward takes them from the
-    torch tensors instead (`ResidualLayout`); `layouts` records, per traced
-    signature, which residual is which leaf.
-    """
-    num_params, num_state, inputs_treedef = layout
-    state_end = num_params + num_state
-    output_treedef = []
-
-    def run(params, state, rng, input_leaves):
-        inputs = jax.tree.unflatten(inputs_treedef, input_leaves)
-        outputs, new_state = program(params, state, rng, inputs, training)
-        leaves, treedef = jax.tree.flatten(outputs)
-        output_treedef.append(treedef)
-        return leaves, new_state
-
-    vjp = float_vjp(
-        run,
-        flat[:num_params],
-        flat[num_params:state_end],
-        rng,
-        flat[state_end:],
-        wanted=(mask[:num_params], mask[state_end:]),
-    )
-    outputs = jax.tree.unflatten(output_treedef[-1], vjp.output_leaves)
-    residuals, treedef = jax.tree.flatten(vjp.pullback)
-    # State is written back after the forward pass: never reused.
-    reusable = {id(leaf): i for i, leaf in enumerate(flat) if not num_params <= i < state_end}
-    slots = tuple(reusable.get(id(leaf), -1) for leaf in residuals)
-    layouts[_signature(flat, rng, mask, layout)] = ResidualLayout(treedef, slots)
-    return outputs, vjp.new_state, [r for r, slot in zip(residuals, slots) if slot < 0]
-
-
-class ResidualLayout(NamedTuple):
-    """Where each residual of a traced pullback comes from.
-
-    `slots[i]` is the index (in the params, state, inputs list) of the leaf
-    that residual `i` is, or -1 for a residual the forward pass returns.
-    """
-
-    treedef: Any
-    slots: tuple[int, ...]
-
-    def reused(self) -> list[int]:
-        """The leaves the backward pass reads from torch, in order."""
-        return sorted({slot for slot in self.slots if slot >= 0})
-
-
-def _signature(flat, rng, mask, layout) -> tuple:
-    """What decides a trace of `_vjp_forward` (shapes, dtypes, static args)."""
-    avals = tuple((tuple(x.shape), str(x.dtype)) for x in flat)
-    rng_leaves, rng_treedef = jax.tree.flatten(rng)
-    rng_avals = tuple((tuple(x.shape), str(x.dtype)) for x in rng_leaves)
-    return avals, rng_avals, rng_treedef, mask, layout
-
-
-@functools.partial(jax.jit, static_argnames=("residual_layout",))
-def _vjp_backward(returned, reused, cotangents, *, residual_layout):
-    returned = iter(returned)
-    residuals = [reused[s] if s >= 0 else next(returned) for s in residual_layout.slots]
-    pullback = jax.tree.unflatten(residual_layout.treedef, residuals)
-    param_grads, input_grads = pullback(cotangents)
-    return list(param_grads) + list(input_grads)
-
-
-class _CompiledForward(NamedTuple):
-    fn: Callable
-    layouts: dict
-
-
-_forward_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _compiled_forward(program: Any, training: bool) -> _CompiledForward:
-    """The `jax.jit` of `_vjp_forward` for one program and training flag, made once."""
-    per_program = _forward_cache.setdefault(program, {})
-    compiled = per_program.get(training)
-    if compiled is None:
-        layouts: dict = {}
-        fn = jax.jit(
-            functools.partial(_vjp_forward, program, training, layouts),
-            static_argnames=("mask", "layout"),
-        )
-        compiled = per_program[training] = _CompiledForward(fn, layouts)
-    return compiled
 
 
 class _Call:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -138,12 +139,24 @@ def host_copies(calls: int = 3) -> dict:
     memcpy: dict[str, int] = {}
     for event in prof.events():
         name = event.name
-        if "memcpy" in name.lower() or "Memcpy" in name:
+        if "memcpy" in name.lower():
             memcpy[name] = memcpy.get(name, 0) + 1
+    # The bytes of each copy are in the trace's event arguments only.
+    copied: dict[str, list[int]] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "trace.json")
+        prof.export_chrome_trace(path)
+        with open(path) as trace:
+            events = json.load(trace).get("traceEvents", [])
+    for event in events:
+        name = str(event.get("name", ""))
+        if name.startswith("Memcpy") and "bytes" in event.get("args", {}):
+            copied.setdefault(name, []).append(int(event["args"]["bytes"]))
     return {
         "device": str(device),
         "calls": calls,
         "memcpy_events": memcpy,
+        "memcpy_bytes": {k: sorted(v)[-10:] for k, v in copied.items()},
         "dlpack_per_call": {k: v / calls for k, v in counts.items()},
         "params": len(model.trainable_weights),
         "state": len(model.non_trainable_weights),

@@ -42,6 +42,7 @@ TARGET = r"block_\d+\.(qkv|proj|fc|fc_out)\.kernel"
 BIASES = r"block_\d+\.(qkv|proj|fc|fc_out)\.bias"
 LORA = f"lora r{RANK}"
 LORA_BIASES = f"lora r{RANK} + their biases"
+LORA_MERGED = f"lora r{RANK}, merged kernels (before)"
 STEP_TARGET = 1.0
 OPTIMIZER_TARGET = 0.05
 SIZE_TARGET = 0.3
@@ -129,24 +130,49 @@ def child_steps(size: dict, steps: int, rounds: int, int8: bool = True) -> dict:
         "full": compiled(build(size, False)),
         LORA: compiled(build(size, True)),
         LORA_BIASES: compiled(build(size, True, biases=True)),
+        LORA_MERGED: compiled(build(size, True)),
     }
 
-    def epoch(model):
-        return lambda: model.fit(x, y, batch_size=size["batch"], epochs=1, shuffle=False, verbose=0)
+    def epoch(name, model):
+        def run():
+            return model.fit(x, y, batch_size=size["batch"], epochs=1, shuffle=False, verbose=0)
 
-    stats = interleaved({k: epoch(m) for k, m in models.items()}, rounds=rounds, calls=1, warmup=1)
+        return merged_kernels(run) if name == LORA_MERGED else run
+
+    stats = interleaved({k: epoch(k, m) for k, m in models.items()}, rounds=rounds, calls=1, warmup=1)
     out: dict = {
         "params": count(models["full"].weights),
         "step_s": {k: [s / steps for s in v.samples] for k, v in stats.items()},
         "trainable": {k: count(m.trainable_weights) for k, m in models.items()},
         "optimizer_bytes": {k: nbytes(m.optimizer.variables) for k, m in models.items()},
     }
-    losses = {k: m.evaluate(x, y, batch_size=size["batch"], verbose=0) for k, m in models.items()}
+    def loss(name, model):
+        def run():
+            return model.evaluate(x, y, batch_size=size["batch"], verbose=0)
+
+        return merged_kernels(run)() if name == LORA_MERGED else run()
+
+    losses = {k: loss(k, m) for k, m in models.items()}
     out["loss"] = {k: float(v) for k, v in losses.items()}
     del models
     if int8:
         out.update(child_int8(size))
     return out
+
+
+def merged_kernels(run):
+    """`run` with the adapted kernels handed to `call_fn` merged in every use,
+    as before `_low_rank` (the flag is read when a program is traced)."""
+    from jaxlayer import _low_rank
+
+    def merged():
+        _low_rank.ENABLED = False
+        try:
+            return run()
+        finally:
+            _low_rank.ENABLED = True
+
+    return merged
 
 
 def child_int8(size: dict) -> dict:
@@ -242,7 +268,7 @@ def result_rows(backend: str, size: dict, result: dict, rss: dict) -> list[Row]:
         stats_row(workload, "full fine-tuning: fit step", full,
                   note=f"trainable {trainable['full']:,}; optimizer {optimizer['full'] / 2**20:.1f} MiB"),
     ]  # fmt: skip
-    for variant in (LORA, LORA_BIASES):
+    for variant in (LORA, LORA_BIASES, LORA_MERGED):
         if variant not in steps:  # results saved before the biases variant existed
             continue
         rows.append(stats_row(workload, f"{variant}: fit step", steps[variant], full, "full",

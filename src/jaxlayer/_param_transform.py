@@ -22,6 +22,8 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from ._low_rank import LowRank
+
 #: The quantization modes `JaxLayer.quantize` implements.
 QUANTIZATION_MODES = ("int8",)
 
@@ -53,6 +55,25 @@ class ParamTransform:
     def __init__(self, num_params: int, forms: Sequence[LeafForm]):
         self.num_params = num_params
         self.forms = list(forms)
+
+    def has_lora(self) -> bool:
+        return any(f.lora_a is not None and f.lora_b is not None for f in self.forms)
+
+    def split(self, flat: Sequence[Any]) -> tuple[list, dict[int, LowRank]]:
+        """Like calling it, but each adapted kernel as its `LowRank` parts
+        (`_low_rank`), keyed by its index; its slot holds `W` alone."""
+        params = list(flat[: self.num_params])
+        low_rank: dict[int, LowRank] = {}
+        for form in self.forms:
+            value = params[form.index]
+            if form.scale is not None:
+                value = dequantize(value, flat[form.scale], form.out_first, form.dtype)
+            if form.lora_a is not None and form.lora_b is not None:
+                a = flat[form.lora_a].astype(jnp.float32) * jnp.float32(form.factor)
+                b = flat[form.lora_b].astype(jnp.float32)
+                low_rank[form.index] = LowRank(value, a, b, form.out_first)
+            params[form.index] = value
+        return params, low_rank
 
     def __call__(self, flat: Sequence[Any]) -> list:
         params = list(flat[: self.num_params])

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import _low_rank as low_rank
 from ._batch import symbolic_dims
 from ._param_transform import ParamTransform
 from ._signature import FunctionSignature, describe
@@ -74,8 +75,20 @@ class Program:
 
     def __call__(self, params: Sequence, state: Sequence, rng: Any, inputs: Any, training: bool):
         self.trace_count += 1
+        if self.transform is not None and self.transform.has_lora() and low_rank.ENABLED:
+            plain, parts = self.transform.split(params)
+            try:
+                return low_rank.call_low_rank(
+                    lambda p: self._call_fn(p, state, rng, inputs, training), plain, parts
+                )
+            except Exception:  # noqa: BLE001 - the merged kernels below give the same values or error
+                low_rank.FALLBACKS += 1
         if self.transform is not None:
             params = self.transform(params)
+        return self._call_fn(params, state, rng, inputs, training)
+
+    def _call_fn(self, params: Sequence, state: Sequence, rng: Any, inputs: Any, training: bool):
+        """`call_fn` on the params it receives, its result checked and split."""
         values = {
             "params": self.params_layout.rebuild(params),
             "state": self.state_layout.rebuild(state),

@@ -264,6 +264,25 @@ def test_target_selects_kernels_and_freeze_others():
     assert len(layer.trainable_weights) == 4  # trainability restored
 
 
+@pytest.mark.needs_training
+def test_trainability_changed_after_enable_lora_is_followed():
+    """keras-hub's recipe: the adapted layers' biases trained beside A and B."""
+    layer, hidden = plain_layer()
+    model = digits_model(layer)
+    layer.enable_lora(4, target="kernel", freeze_others=True)
+    bias = next(v for v in layer.weights if v.name == "hidden.bias")
+    assert not bias.trainable
+    bias.trainable = True
+    compile_model(model)  # as after any change of trainability
+    before = values(layer)
+    fit(model, epochs=1)
+    after = values(layer)
+    assert not np.array_equal(after["hidden.bias"], before["hidden.bias"])  # on tensorflow too
+    assert not np.array_equal(after[f"{hidden}.lora_b"], before[f"{hidden}.lora_b"])
+    np.testing.assert_array_equal(after[hidden], before[hidden])  # the kernel stays frozen
+    np.testing.assert_array_equal(after["head.bias"], before["head.bias"])
+
+
 def test_lora_formula_and_get_params_merged():
     layer = built_plain()
     layer.enable_lora(2, lora_alpha=6.0, target="head")

@@ -4,7 +4,8 @@
 name, freezes them and adds two float32 variables per leaf (`<name>.lora_a`,
 `(fan_in, rank)`, and `<name>.lora_b`, `(rank, fan_out)`); the layer's
 program hands `call_fn` `W + (alpha / rank) * A @ B` (see
-`_param_transform`). The forms themselves are kept by `_param_forms`.
+`_param_transform`), and computes a Dense use of it in low rank (see
+`_low_rank`). The forms themselves are kept by `_param_forms`.
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ class LoraHooks(ParamForms):
         variables are added: `<name>.lora_a` of shape `(fan_in, rank)` and
         `<name>.lora_b` of shape `(rank, fan_out)`. `call_fn` then receives
         `W + (lora_alpha / rank) * A @ B`, computed inside the compiled
-        program. The output axis is the last one (Flax, Haiku, NNX and plain
+        program; where `call_fn` multiplies an input by it along its input
+        axis (a Dense layer), the program computes `x @ W` plus the
+        low-rank product instead, so `W` gets no weight gradient. The output axis is the last one (Flax, Haiku, NNX and plain
         `JaxLayer` kernels `(..., in, out)`) or, for `EquinoxLayer`, the
         first (`Linear.weight` is `(out, in)`); every other axis is `fan_in`.
         B starts at zero, so the outputs are unchanged until training.

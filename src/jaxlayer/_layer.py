@@ -310,11 +310,7 @@ class JaxLayer(RngHooks, LayerSaving, CheckpointHooks, LoraHooks, QuantizeHooks,
         """
         if self._input_record is None:
             self._record_inputs(inputs)
-        if self._forms and self._program.frozen != self._frozen_mask():
-            # A param's trainability changed after `enable_lora` or `quantize`:
-            # the program's mask decides what the tensorflow bridge differentiates.
-            self._set_untracked("_program", self._make_program())
-        params = [v.value for v in self._program_variables()]
+        params = [v.value for v in self._call_variables()]
         state = [v.value for v in self._state_variables]
         if isinstance(training, Tracer):
             outputs, new_state = run_with_traced_flag(self, run, inputs, params, state, training)

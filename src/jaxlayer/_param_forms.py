@@ -137,6 +137,17 @@ class ParamForms(_MixinBase):
         """The variables the program takes: every param, then the extras."""
         return list(self._param_variables) + self._extra_variables()
 
+    def _call_variables(self) -> list:
+        """`_program_variables`, once the program follows the params' trainability.
+
+        A param's trainability changed after `enable_lora` or `quantize` (a
+        bias made trainable again) makes a new program: its frozen mask
+        decides what the tensorflow bridge differentiates.
+        """
+        if self._forms and self._program.frozen != self._frozen_mask():
+            self._set_untracked("_program", self._make_program())
+        return self._program_variables()
+
     def _extra_variables(self) -> list:
         return [v for index in sorted(self._forms) for v in self._forms[index].extra_variables()]
 

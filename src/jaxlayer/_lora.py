@@ -17,8 +17,9 @@ import jax.numpy as jnp
 import keras
 import numpy as np
 
+from ._low_rank import lora_delta
 from ._param_forms import ParamForms
-from ._param_transform import dequantize, lora_delta, quantize_int8
+from ._param_transform import dequantize, quantize_int8
 
 LORA_SUFFIX = ".lora.h5"
 

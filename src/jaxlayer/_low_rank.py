@@ -57,16 +57,23 @@ class LowRank:
     def merged(self) -> Any:
         """`W'` itself (formed once, for the uses that need it)."""
         if self._merged is None:
-            delta = self.a @ self.b
-            if self.out_first:
-                delta = delta.T
-            merged = self.base.astype(jnp.float32) + delta.reshape(self.base.shape)
-            self._merged = merged.astype(self.base.dtype)
+            delta = lora_delta(self.a, self.b, 1.0, self.base.shape, self.out_first)
+            self._merged = (self.base.astype(jnp.float32) + delta).astype(self.base.dtype)
         return self._merged
 
     @property
     def in_axis(self) -> int:
         return 1 if self.out_first else 0
+
+
+def lora_delta(a: Any, b: Any, factor: float, shape: Sequence[int], out_first: bool) -> Any:
+    """`factor * A @ B` (float32) in the layout of a kernel of `shape`."""
+    # Scale the (fan_in, rank) factor, not the (fan_in, fan_out) product: one
+    # pass less over a kernel-sized array in every forward and backward.
+    delta = (a.astype(jnp.float32) * jnp.float32(factor)) @ b.astype(jnp.float32)
+    if out_first:
+        delta = delta.T
+    return delta.reshape(tuple(shape))
 
 
 def call_low_rank(fn: Callable[[list], Any], params: list, low_rank: dict[int, LowRank]) -> Any:

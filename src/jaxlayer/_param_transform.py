@@ -76,15 +76,9 @@ class ParamTransform:
         return params, low_rank
 
     def __call__(self, flat: Sequence[Any]) -> list:
-        params = list(flat[: self.num_params])
-        for form in self.forms:
-            value = params[form.index]
-            if form.scale is not None:
-                value = dequantize(value, flat[form.scale], form.out_first, form.dtype)
-            if form.lora_a is not None and form.lora_b is not None:
-                delta = lora_delta(flat[form.lora_a], flat[form.lora_b], form.factor, form.shape, form.out_first)
-                value = (value.astype(jnp.float32) + delta).astype(value.dtype)
-            params[form.index] = value
+        params, low_rank = self.split(flat)
+        for index, parts in low_rank.items():
+            params[index] = parts.merged()
         return params
 
 
@@ -94,16 +88,6 @@ def fans(shape: Sequence[int], out_first: bool) -> tuple[int, int]:
     if out_first:
         return int(np.prod(shape[1:])), shape[0]
     return int(np.prod(shape[:-1])), shape[-1]
-
-
-def lora_delta(a: Any, b: Any, factor: float, shape: Sequence[int], out_first: bool) -> Any:
-    """`factor * A @ B` (float32) in the layout of a kernel of `shape`."""
-    # Scale the (fan_in, rank) factor, not the (fan_in, fan_out) product: one
-    # pass less over a kernel-sized array in every forward and backward.
-    delta = (a.astype(jnp.float32) * jnp.float32(factor)) @ b.astype(jnp.float32)
-    if out_first:
-        delta = delta.T
-    return delta.reshape(tuple(shape))
 
 
 def _channel_shape(shape: Sequence[int], out_first: bool) -> tuple:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -84,13 +84,9 @@ def call_low_rank(fn: Callable[[list], Any], params: list, low_rank: dict[int, L
     ]
     closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(abstract)
     args = [low_rank.get(i, p) for i, p in enumerate(params)]
-    leaves = _evaluate(closed.jaxpr, closed.consts, jax.tree.leaves(args, is_leaf=_is_low_rank))
+    leaves = _evaluate(closed.jaxpr, closed.consts, args)
     leaves = [v.merged() if isinstance(v, LowRank) else v for v in leaves]
     return jax.tree.unflatten(jax.tree.structure(out_shape), leaves)
-
-
-def _is_low_rank(x: Any) -> bool:
-    return isinstance(x, LowRank)
 
 
 def _evaluate(jaxpr: Any, consts: Sequence, args: Sequence) -> list:
@@ -105,12 +101,9 @@ def _evaluate(jaxpr: Any, consts: Sequence, args: Sequence) -> list:
         env[var] = value
     for eqn in jaxpr.eqns:
         values = [read(v) for v in eqn.invars]
-        low = None
-        if any(isinstance(v, LowRank) for v in values) and eqn.primitive.name == "dot_general":
-            low = _low_rank_dot(eqn, values)
         if not any(isinstance(v, LowRank) for v in values):
             outs = _bind(eqn, values)
-        elif low is not None:
+        elif eqn.primitive.name == "dot_general" and (low := _low_rank_dot(eqn, values)) is not None:
             outs = [low]
         elif eqn.primitive.name in _JIT_PRIMITIVES:
             inner = eqn.params["jaxpr"]
@@ -146,29 +139,13 @@ def _low_rank_dot(eqn: Any, values: list) -> Any:
         return None
     global LOW_RANK_DOTS
     LOW_RANK_DOTS += 1
-    config = _DotConfig(
-        kernel_is_rhs=kernel is rhs,
-        x_contract=tuple(x_contract),
-        params=tuple(sorted(eqn.params.items())),
-    )
-    return _dense(config, x, kernel.base, kernel.a, kernel.b)
-
-
-class _DotConfig(NamedTuple):
-    kernel_is_rhs: bool
-    x_contract: tuple
-    params: tuple  # the dot_general's own parameters, as (name, value) pairs
-
-
-def _dense(config: _DotConfig, x: Any, w: Any, a: Any, b: Any) -> Any:
-    """`x . W + (x . A) . B` (with the original dot's parameters for `x . W`)."""
-    params = dict(config.params)
-    out = jax.lax.dot_general_p.bind(*((x, w) if config.kernel_is_rhs else (w, x)), **params)
-    x32 = x.astype(jnp.float32)
-    if config.kernel_is_rhs:  # x @ W': (x free..., out)
-        low = jax.lax.dot_general(x32, a, ((config.x_contract, (0,)), ((), ())))
-        low = jax.lax.dot_general(low, b, (((low.ndim - 1,), (0,)), ((), ())))
+    operands = (x, kernel.base) if kernel is rhs else (kernel.base, x)
+    out = eqn.primitive.bind(*operands, **eqn.params)
+    x32, no_batch = x.astype(jnp.float32), ((), ())
+    if kernel is rhs:  # x @ W': (x free..., out)
+        low = jax.lax.dot_general(x32, kernel.a, ((tuple(x_contract), (0,)), no_batch))
+        low = jax.lax.dot_general(low, kernel.b, (((low.ndim - 1,), (0,)), no_batch))
     else:  # W' @ x, contracting W's input axis: (out, x free...)
-        low = jax.lax.dot_general(a, x32, (((0,), config.x_contract), ((), ())))
-        low = jax.lax.dot_general(b, low, (((0,), (0,)), ((), ())))
+        low = jax.lax.dot_general(kernel.a, x32, (((0,), tuple(x_contract)), no_batch))
+        low = jax.lax.dot_general(kernel.b, low, (((0,), (0,)), no_batch))
     return out + low.astype(out.dtype)

@@ -79,9 +79,9 @@ class ResidualLayout(NamedTuple):
 
 def signature(flat, rng, mask, layout) -> tuple:
     """What decides a trace of `_vjp_forward` (shapes, dtypes, static args)."""
-    avals = tuple((tuple(x.shape), str(x.dtype)) for x in flat)
+    avals = tuple((x.shape, x.dtype) for x in flat)
     rng_leaves, rng_treedef = jax.tree.flatten(rng)
-    rng_avals = tuple((tuple(x.shape), str(x.dtype)) for x in rng_leaves)
+    rng_avals = tuple((x.shape, x.dtype) for x in rng_leaves)
     return avals, rng_avals, rng_treedef, mask, layout
 
 
